@@ -1,0 +1,25 @@
+# `make test` sets up everything it needs (idempotently), then runs lint, types and the suite.
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup test lint unit bench clean
+
+setup:
+	@scripts/setup.sh
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
+
+test: lint
+	$(PY) -m pytest -q
+
+unit: setup
+	$(PY) -m pytest -q tests/unit
+
+bench: setup
+	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
