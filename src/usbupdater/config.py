@@ -256,7 +256,9 @@ def from_tables(tables: Mapping[str, Mapping[str, Any]], sources: tuple[Path, ..
             ostree_update_block=pm.get_bool("ostree_update_block", True),
         ),
         bootloader=BootloaderConfig(
-            rollback_mode=bl.get_choice("rollback_mode", BootloaderConfig.rollback_mode, ROLLBACK_MODES),
+            rollback_mode=bl.get_choice(
+                "rollback_mode", BootloaderConfig.rollback_mode, ROLLBACK_MODES
+            ),
             reboot_command=bl.get_str("reboot_command", BootloaderConfig.reboot_command),
             reboot_sentinel_dir=bl.get_path(
                 "reboot_sentinel_dir", BootloaderConfig.reboot_sentinel_dir
@@ -270,7 +272,9 @@ def from_tables(tables: Mapping[str, Mapping[str, Any]], sources: tuple[Path, ..
             lock_path=uu.get_path("lock_path", UsbUpdaterConfig.lock_path),
             device_type=uu.get_choice("device_type", "", DEVICE_TYPES),
             docker_host=uu.get_str("docker_host", ""),
-            apps_start_timeout=uu.get_float("apps_start_timeout", UsbUpdaterConfig.apps_start_timeout),
+            apps_start_timeout=uu.get_float(
+                "apps_start_timeout", UsbUpdaterConfig.apps_start_timeout
+            ),
             status_file=uu.get_path("status_file", UsbUpdaterConfig.status_file),
         ),
         sources=sources,
