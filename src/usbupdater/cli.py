@@ -1,0 +1,138 @@
+"""Command-line front end, compatible with aklite-offline's commands and flags.
+
+Each command handler imports what it needs when it runs, so `usbupdater --help` stays fast and
+never imports docker, tuf or pyudev. Every failure ends as one line on stderr and the exit code of
+its class (spec section 4); bad usage exits 1 as aklite-offline does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, Callable, NoReturn, Optional
+
+from usbupdater import __version__
+from usbupdater.errors import ExitCode, UpdaterError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(int(ExitCode.ERROR), f"{self.prog}: error: {message}\n")
+
+
+def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """aklite-offline accepts its global flags after the command too; so do we."""
+    default: Any = None if top else argparse.SUPPRESS
+    parser.add_argument(
+        "-c",
+        "--config",
+        action="append",
+        default=default,
+        metavar="PATH",
+        help="configuration file or directory of *.toml (repeatable; later keys win)",
+    )
+    parser.add_argument(
+        "--log-level",
+        type=int,
+        choices=range(6),
+        default=2 if top else argparse.SUPPRESS,
+        metavar="N",
+        help="0 trace, 1 debug, 2 info (default), 3 warning, 4 error, 5 fatal",
+    )
+
+
+def _load_config(args: argparse.Namespace) -> Any:
+    from usbupdater import config
+
+    return config.load(args.config)
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def cmd_current(args: argparse.Namespace) -> int:
+    """Show what the device runs, as usbupdater recorded it."""
+    from usbupdater.state import StateStore
+
+    cfg = _load_config(args)
+    st = StateStore(cfg.state_dir).load()
+    if st.current is None:
+        print("Target: none recorded (this device has not been updated by usbupdater yet)")
+        return int(ExitCode.OK)
+    cur = st.current
+    print(f"Target: {cur.name}")
+    print(f"Version: {cur.version}")
+    print(f"Ostree hash: {cur.sha256}")
+    print("Apps:")
+    for app, uri in sorted(cur.apps.items()):
+        print(f"\t{app} -> {uri}")
+    if st.pending is not None:
+        print(f"Pending: {st.pending.target.name} (call `usbupdater run` to finish it)")
+    return int(ExitCode.OK)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Summarise the state: current and pending targets, the last result."""
+    from usbupdater.state import StateStore
+
+    cfg = _load_config(args)
+    st = StateStore(cfg.state_dir).load()
+    if args.json:
+        doc = st.to_json()
+        print(json.dumps(doc, indent=2, sort_keys=True))
+        return int(ExitCode.OK)
+    print(f"Hardware id: {cfg.provision.primary_ecu_hardware_id}")
+    print(f"Current: {st.current.name if st.current else 'none recorded'}")
+    print(f"Pending: {st.pending.target.name if st.pending else 'nothing'}")
+    if st.last_result is not None:
+        r = st.last_result
+        print(f"Last result: {r.command} exited {r.code} at {r.time}: {r.message}")
+    return int(ExitCode.OK)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="usbupdater",
+        description="Offline updates of OSTree + docker-compose devices from a USB stick "
+        "(fioctl targets offline-update bundles); aklite-offline compatible.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _global_options(parser, top=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _global_options(p, top=False)
+        p.set_defaults(handler=handler)
+        return p
+
+    add("current", cmd_current, "show the target the device runs")
+    p = add("status", cmd_status, "show current and pending targets and the last result")
+    p.add_argument("--json", action="store_true", help="print the state as JSON")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from usbupdater import log
+
+    log.configure(args.log_level)
+    try:
+        return int(args.handler(args))
+    except UpdaterError as exc:
+        print(f"usbupdater: {exc.reason}", file=sys.stderr)
+        return int(exc.code)
+    except KeyboardInterrupt:
+        print("usbupdater: interrupted", file=sys.stderr)
+        return int(ExitCode.ERROR)
+    except Exception as exc:  # a bug: say so in one line, keep the traceback in the log
+        log.get_logger("cli").exception("unexpected error")
+        print(f"usbupdater: unexpected error: {exc!r}", file=sys.stderr)
+        return int(ExitCode.ERROR)
