@@ -48,8 +48,7 @@ def src_repo(tmp_path_factory: pytest.TempPathFactory) -> SourceRepo:
 
 @pytest.fixture
 def device(tmp_path: Path, src_repo: SourceRepo) -> Iterator[SimDevice]:
-    dev = SimDevice.create(tmp_path / "device", src_repo.path, src_repo.v1)
-    try:
-        yield dev
+    try:  # removed even when create() fails half-way (deployments are immutable)
+        yield SimDevice.create(tmp_path / "device", src_repo.path, src_repo.v1)
     finally:
-        remove_tree(dev.root)
+        remove_tree(tmp_path / "device")

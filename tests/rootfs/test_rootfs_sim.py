@@ -65,8 +65,8 @@ def test_nothing_bootable(device: SimDevice, src_repo: SourceRepo) -> None:
 
 
 def test_bootlimit_is_configurable(tmp_path: Path, src_repo: SourceRepo) -> None:
-    dev = SimDevice.create(tmp_path / "d", src_repo.path, src_repo.v1, bootlimit=1)
     try:
+        dev = SimDevice.create(tmp_path / "d", src_repo.path, src_repo.v1, bootlimit=1)
         dev.rootfs().install(src_repo.path, src_repo.v2)
         dev.declare_unbootable(src_repo.v2)
         dev.bootloader.update_notify()
@@ -75,7 +75,7 @@ def test_bootlimit_is_configurable(tmp_path: Path, src_repo: SourceRepo) -> None
         assert len(record["tries"]) == 2  # type: ignore[arg-type]
         assert dev.bootloader.get("bootcount") == "2"
     finally:
-        remove_tree(dev.root)
+        remove_tree(tmp_path / "d")
 
 
 def test_remove_tree_clears_immutable_bits(device: SimDevice) -> None:
