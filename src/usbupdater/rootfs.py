@@ -1,0 +1,486 @@
+"""The device's OSTree sysroot, driven through the `ostree` CLI.
+
+Why the CLI and not libostree bindings: it keeps the device install light and it is the tool a
+person uses to debug the same sysroot. Every call goes through `_run`, which turns a missing
+binary or a non-zero exit into an `UpdaterError` carrying ostree's own stderr.
+
+What aktualizr-lite does, and so do we:
+- `pull-local --untrusted` from the bundle's archive repo: ostree re-checksums every object.
+- Before pulling, the space the new objects need is estimated and compared with the free space
+  of the sysroot repo's filesystem (exit 60 with the numbers), so a short device is refused
+  before anything is written.
+- `admin deploy` without `--karg*`: ostree then copies the kernel arguments of the merge
+  deployment (the current default), as libaktualizr does from its bootconfig `options`.
+- Which commit booted is asked of a `BootedCommitSource`, so the simulation can stand in for the
+  bootloader.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import re
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Protocol
+
+from usbupdater.errors import (
+    AdapterError,
+    ContentMissingError,
+    NoSpaceError,
+    UpdaterError,
+    VerificationError,
+)
+
+COMMIT_RE = re.compile(r"^[0-9a-f]{64}$")
+# "* lmp 0a64...ab.1 (pending)" -- a deployment line of `ostree admin status`.
+_STATUS_LINE = re.compile(r"^(?P<mark>[* ]) (?P<os>\S+) (?P<commit>[0-9a-f]{64})\.(?P<serial>\d+)")
+# "-00644 0 0 100000 <checksum> /usr/big" -- one entry of `ostree ls -R -C`.
+_LS_LINE = re.compile(
+    r"^(?P<type>[-dl])(?P<mode>[0-7]+)\s+\d+\s+\d+\s+(?P<size>\d+)\s+(?P<csum>[0-9a-f]{64})\s"
+)
+_DEPLOY_DIR = re.compile(r"^(?P<commit>[0-9a-f]{64})\.(?P<serial>\d+)$")
+
+# Estimate overheads: a file object in a bare repo costs its data rounded to the block size plus
+# an inode; metadata objects (dirtree/dirmeta/commit) are small files; the deployment itself is
+# hard links plus a copied /etc and kernel/initramfs in /boot, covered by a fixed allowance.
+DEFAULT_DEPLOY_ALLOWANCE = 1 << 20
+_OSTREE_DEFAULT_MIN_FREE_PERCENT = 3  # libostree's default `min-free-space-percent`
+
+
+def is_commit(value: str) -> bool:
+    return bool(COMMIT_RE.match(value))
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One deployment as `ostree admin status` lists it; index 0 is what boots next."""
+
+    index: int
+    osname: str
+    commit: str
+    serial: int
+    booted: bool = False
+
+    @property
+    def dirname(self) -> str:
+        return f"{self.commit}.{self.serial}"
+
+
+@dataclass(frozen=True)
+class SpaceEstimate:
+    """What pulling a commit will cost the sysroot repo's filesystem, and what it has."""
+
+    needed_bytes: int
+    new_objects: int
+    free_bytes: int
+    reserved_bytes: int
+
+    @property
+    def sufficient(self) -> bool:
+        return self.needed_bytes + self.reserved_bytes <= self.free_bytes
+
+
+class BootedCommitSource(Protocol):
+    """Tells which OSTree commit the running system booted (None: unknown / not booted)."""
+
+    def booted_commit(self) -> Optional[str]: ...
+
+
+def run_ostree(
+    args: Sequence[str], *, ostree_bin: str = "ostree", check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run ostree; a missing binary or a failure is an AdapterError quoting its stderr."""
+    cmd = [ostree_bin, *args]
+    try:
+        proc = subprocess.run(
+            cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
+        )
+    except FileNotFoundError:
+        raise AdapterError(f"{ostree_bin}: command not found (is ostree installed?)") from None
+    except OSError as exc:
+        raise AdapterError(f"{ostree_bin}: cannot run: {exc.strerror}") from None
+    if check and proc.returncode != 0:
+        raise AdapterError(f"ostree {args[0]} failed ({proc.returncode}): {_stderr(proc)}")
+    return proc
+
+
+def _stderr(proc: subprocess.CompletedProcess[str]) -> str:
+    text = (proc.stderr or proc.stdout or "").strip()
+    return " ".join(text.split()) or "no output"
+
+
+def parse_status(text: str) -> list[Deployment]:
+    """Deployments from `ostree admin status` output, in order; unknown lines are ignored."""
+    found: list[Deployment] = []
+    for line in text.splitlines():
+        m = _STATUS_LINE.match(line)
+        if m:
+            found.append(
+                Deployment(
+                    index=len(found),
+                    osname=m["os"],
+                    commit=m["commit"],
+                    serial=int(m["serial"]),
+                    booted=m["mark"] == "*",
+                )
+            )
+    return found
+
+
+def parse_ls(text: str) -> dict[str, tuple[str, int]]:
+    """Content objects of `ostree ls -R -C`: checksum -> (type, size); directories excluded."""
+    objects: dict[str, tuple[str, int]] = {}
+    for line in text.splitlines():
+        m = _LS_LINE.match(line)
+        if m and m["type"] != "d":
+            objects[m["csum"]] = (m["type"], int(m["size"]))
+    return objects
+
+
+def parse_deploy_dir(name: str) -> Optional[tuple[str, int]]:
+    """`<commit>.<serial>` -> (commit, serial), else None."""
+    m = _DEPLOY_DIR.match(name)
+    return (m["commit"], int(m["serial"])) if m else None
+
+
+def statvfs_free(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+class OstreeSysroot:
+    """One OSTree sysroot (`[pacman] sysroot`) and one OS name (`[pacman] os`)."""
+
+    def __init__(
+        self,
+        sysroot: Path,
+        osname: str = "lmp",
+        *,
+        booted_source: Optional[BootedCommitSource] = None,
+        ostree_bin: str = "ostree",
+        free_space: Callable[[Path], int] = statvfs_free,
+        deploy_allowance: int = DEFAULT_DEPLOY_ALLOWANCE,
+    ) -> None:
+        self.sysroot = Path(sysroot)
+        self.osname = osname
+        self.repo = self.sysroot / "ostree" / "repo"
+        self.booted_source = booted_source or ProcCmdlineBootedCommit(
+            self.sysroot, ostree_bin=ostree_bin
+        )
+        self.ostree_bin = ostree_bin
+        self._free_space = free_space
+        self.deploy_allowance = deploy_allowance
+
+    def _ostree(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return run_ostree(args, ostree_bin=self.ostree_bin)
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def deployments(self) -> list[Deployment]:
+        """This OS's deployments, newest (next to boot) first."""
+        proc = self._ostree("admin", "status", f"--sysroot={self.sysroot}")
+        return [d for d in parse_status(proc.stdout) if d.osname == self.osname]
+
+    def has_commit(self, commit: str) -> bool:
+        """Whether the commit object is in the sysroot repo (a partial pull does not count)."""
+        _check_commit(commit)
+        obj = self.repo / "objects" / commit[:2] / f"{commit[2:]}.commit"
+        partial = self.repo / "state" / f"{commit}.commitpartial"
+        return obj.is_file() and not partial.exists()
+
+    def booted_commit(self) -> Optional[str]:
+        return self.booted_source.booted_commit()
+
+    def pending_commit(self) -> Optional[str]:
+        """The commit that boots next when it is not the booted one (libostree's "pending")."""
+        deps = self.deployments()
+        if not deps:
+            return None
+        booted = self.booted_commit()
+        return None if deps[0].commit == booted else deps[0].commit
+
+    def kernel_args(self, deployment: Deployment) -> list[str]:
+        """Kernel arguments of a deployment's boot entry (the `options` line)."""
+        opts = boot_entry_options(self.sysroot, deployment)
+        return [a for a in opts if not a.startswith("ostree=")]
+
+    # --- space --------------------------------------------------------------------------------
+
+    def estimate_space(self, src_repo: Path, commit: str) -> SpaceEstimate:
+        """Bytes the commit's objects not yet in the sysroot repo will take once pulled.
+
+        The source listing (`ostree ls -R -C`, uncompressed sizes) gives every content object of
+        the commit; those whose file already exists in the sysroot repo cost nothing. Each new
+        object is rounded up to the filesystem block plus one block for its inode/metadata, and
+        a fixed allowance covers the metadata objects and the deployment (/etc copy, kernel).
+        libostree refuses to write past `min-free-space-*` of the sysroot repo, so that reserve
+        is counted too: our refusal then predicts ostree's instead of racing it.
+        """
+        _check_commit(commit)
+        listing = run_ostree(
+            ["ls", f"--repo={src_repo}", "-R", "-C", commit],
+            ostree_bin=self.ostree_bin,
+            check=False,
+        )
+        if listing.returncode != 0:  # ls reads every file object: a missing one shows here
+            raise _content_error(f"ostree ls {commit[:12]} in {src_repo}", _stderr(listing))
+        objects = parse_ls(listing.stdout)
+        if not objects:
+            raise AdapterError(f"ostree ls {commit} in {src_repo}: no content listed")
+        st = os.statvfs(self.repo)
+        block = st.f_frsize or 4096
+        needed = 0
+        new = 0
+        for csum, (_type, size) in objects.items():
+            if (self.repo / "objects" / csum[:2] / f"{csum[2:]}.file").exists():
+                continue
+            new += 1
+            needed += -(-size // block) * block + block
+        needed += self.deploy_allowance
+        free = self._free_space(self.repo)
+        return SpaceEstimate(
+            needed_bytes=needed,
+            new_objects=new,
+            free_bytes=free,
+            reserved_bytes=self._min_free_reserve(st.f_blocks * st.f_frsize),
+        )
+
+    def _min_free_reserve(self, fs_size: int) -> int:
+        cfg = configparser.ConfigParser()
+        try:
+            cfg.read(self.repo / "config")
+        except configparser.Error:
+            return fs_size * _OSTREE_DEFAULT_MIN_FREE_PERCENT // 100
+        size = cfg.get("core", "min-free-space-size", fallback="").strip()
+        if size:
+            return _parse_size(size)
+        pct = cfg.get("core", "min-free-space-percent", fallback="").strip()
+        try:
+            percent = int(pct) if pct else _OSTREE_DEFAULT_MIN_FREE_PERCENT
+        except ValueError:
+            percent = _OSTREE_DEFAULT_MIN_FREE_PERCENT
+        return fs_size * percent // 100
+
+    def check_space(self, src_repo: Path, commit: str) -> SpaceEstimate:
+        """Raise NoSpaceError (60) with the numbers when the pull would not fit."""
+        est = self.estimate_space(src_repo, commit)
+        if not est.sufficient:
+            raise NoSpaceError(
+                f"not enough space in {self.repo} for commit {commit[:12]}: need "
+                f"{est.needed_bytes} bytes ({est.new_objects} new objects) plus "
+                f"{est.reserved_bytes} bytes ostree keeps free, but only {est.free_bytes} "
+                "bytes are free"
+            )
+        return est
+
+    # --- changing -----------------------------------------------------------------------------
+
+    def pull(self, src_repo: Path, commit: str, *, check_space: bool = True) -> None:
+        """Copy one commit from the bundle's repo, letting ostree verify every object."""
+        _check_commit(commit)
+        if check_space:
+            self.check_space(src_repo, commit)
+        proc = run_ostree(
+            ["pull-local", "--untrusted", f"--repo={self.repo}", str(src_repo), commit],
+            ostree_bin=self.ostree_bin,
+            check=False,
+        )
+        if proc.returncode != 0:
+            where = f"ostree pull-local {commit[:12]} from {src_repo}"
+            raise _content_error(where, _stderr(proc))
+        if not self.has_commit(commit):
+            raise AdapterError(f"ostree pull-local {commit} reported success but it is missing")
+
+    def deploy(self, commit: str) -> Deployment:
+        """Make `commit` the next boot, keeping the merge deployment's kernel arguments.
+
+        A commit that already is the newest deployment is not deployed again: ostree would add
+        a second deployment of it and prune the one we need to roll back to.
+        """
+        _check_commit(commit)
+        current = self.deployments()
+        if current and current[0].commit == commit:
+            return current[0]
+        if not self.has_commit(commit):
+            raise ContentMissingError(f"commit {commit} is not in {self.repo}: pull it first")
+        proc = run_ostree(
+            ["admin", "deploy", f"--sysroot={self.sysroot}", f"--os={self.osname}", commit],
+            ostree_bin=self.ostree_bin,
+            check=False,
+        )
+        if proc.returncode != 0:
+            err = _stderr(proc)
+            if _is_enospc(err):
+                raise NoSpaceError(f"ostree admin deploy {commit[:12]}: {err}")
+            raise AdapterError(f"ostree admin deploy {commit} failed: {err}")
+        after = self.deployments()
+        if not after or after[0].commit != commit:
+            raise AdapterError(f"ostree admin deploy {commit}: not the default deployment after")
+        return after[0]
+
+    def install(self, src_repo: Path, commit: str) -> Deployment:
+        """Pull (space-checked, verified) then deploy."""
+        if not self.has_commit(commit):
+            self.pull(src_repo, commit)
+        return self.deploy(commit)
+
+    def rollback_to(self, commit: str) -> Deployment:
+        """Make an older commit (still in the repo) the next boot again.
+
+        When the newest deployment is not the booted one and the next one is `commit` (the
+        bootloader already rolled back onto it), dropping the newest is enough: no new
+        deployment, no reboot. Otherwise `commit` is deployed again (a reboot finishes it);
+        ostree has no `set-default` in every version we meet.
+        """
+        _check_commit(commit)
+        deps = self.deployments()
+        if deps and deps[0].commit == commit:
+            return deps[0]
+        if (
+            len(deps) > 1
+            and deps[1].commit == commit
+            and not deps[0].booted
+            and self.booted_commit() != deps[0].commit
+        ):
+            self.undeploy(deps[0].index)
+            after = self.deployments()
+            if after and after[0].commit == commit:
+                return after[0]
+            raise AdapterError(f"ostree admin undeploy 0: {commit} is not the default after")
+        return self.deploy(commit)
+
+    def undeploy(self, index: int) -> None:
+        """Remove one deployment (e.g. a failed one after the bootloader rolled back)."""
+        self._ostree("admin", "undeploy", f"--sysroot={self.sysroot}", str(index))
+
+    def prune(self) -> None:
+        """Delete deployments ostree no longer tracks and every object no deployment needs."""
+        self._ostree("admin", "cleanup", f"--sysroot={self.sysroot}")
+
+
+def _check_commit(commit: str) -> None:
+    if not is_commit(commit):
+        raise AdapterError(f"not an OSTree commit checksum: {commit!r}")
+
+
+def _is_enospc(err: str) -> bool:
+    low = err.lower()
+    return "no space left on device" in low or "min-free-space" in low
+
+
+def _content_error(where: str, err: str) -> UpdaterError:
+    """Map ostree's failure reading bundle content to the exit code a person can act on."""
+    low = err.lower()
+    if _is_enospc(err):
+        return NoSpaceError(f"{where}: {err}")
+    if "corrupted" in low or "checksum expected" in low or "invalid checksum" in low:
+        return VerificationError(f"{where}: bundle content failed verification: {err}")
+    if "couldn't find" in low or "no such metadata object" in low or "not found" in low:
+        return ContentMissingError(f"{where}: bundle content missing: {err}")
+    return AdapterError(f"{where} failed: {err}")
+
+
+def _parse_size(text: str) -> int:
+    m = re.match(r"^\s*(\d+)\s*([KMGT]?)B?\s*$", text, re.IGNORECASE)
+    if not m:
+        return 0
+    exponent: int = " KMGT".index((m[2] or " ").upper())
+    return int(m[1]) * (1 << (10 * exponent))
+
+
+def boot_entry_options(sysroot: Path, deployment: Deployment) -> list[str]:
+    """The whole `options` line of a deployment's boot entry, `ostree=` included."""
+    entries = Path(sysroot) / "boot" / "loader" / "entries"
+    for conf in sorted(entries.glob("*.conf")) if entries.is_dir() else ():
+        opts = _entry_options(conf)
+        target = next((a.split("=", 1)[1] for a in opts if a.startswith("ostree=")), None)
+        if target and _resolve_ostree_arg(Path(sysroot), target) == (
+            deployment.commit,
+            deployment.serial,
+        ):
+            return opts
+    raise AdapterError(f"{entries}: no boot entry for deployment {deployment.dirname}")
+
+
+def _entry_options(conf: Path) -> list[str]:
+    try:
+        text = conf.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    for line in text.splitlines():
+        if line.startswith("options"):
+            return line.split()[1:]
+    return []
+
+
+def _resolve_ostree_arg(sysroot: Path, value: str) -> Optional[tuple[str, int]]:
+    """`ostree=/ostree/boot.N/<os>/<bootcsum>/<i>` -> (commit, serial) via its symlink."""
+    link = sysroot / value.lstrip("/")
+    try:
+        real = Path(os.path.realpath(link))
+    except OSError:
+        return None
+    return parse_deploy_dir(real.name)
+
+
+class ProcCmdlineBootedCommit:
+    """The booted commit on a real device.
+
+    First the `ostree=` kernel argument (resolved through its symlink to `<commit>.<serial>`):
+    it is what the initramfs mounted, and it needs no subprocess. Else the `*` line of
+    `ostree admin status`.
+    """
+
+    def __init__(
+        self,
+        sysroot: Path = Path("/"),
+        *,
+        cmdline: Path = Path("/proc/cmdline"),
+        ostree_bin: str = "ostree",
+    ) -> None:
+        self.sysroot = Path(sysroot)
+        self.cmdline = Path(cmdline)
+        self.ostree_bin = ostree_bin
+
+    def booted_commit(self) -> Optional[str]:
+        try:
+            args = self.cmdline.read_text(encoding="utf-8", errors="replace").split()
+        except OSError:
+            args = []
+        for arg in args:
+            if arg.startswith("ostree="):
+                found = _resolve_ostree_arg(self.sysroot, arg.split("=", 1)[1])
+                if found:
+                    return found[0]
+        proc = run_ostree(
+            ["admin", "status", f"--sysroot={self.sysroot}"], ostree_bin=self.ostree_bin
+        )
+        booted = [d for d in parse_status(proc.stdout) if d.booted]
+        return booted[0].commit if booted else None
+
+
+class RecordedBootedCommit:
+    """The booted commit as a simulated bootloader recorded it (JSON with a "commit" key).
+
+    Used by the simulation kit and the demo, where nothing really boots.
+    """
+
+    def __init__(self, record: Path) -> None:
+        self.record = Path(record)
+
+    def booted_commit(self) -> Optional[str]:
+        # The simulation replaces the record atomically: a reader never sees a partial file.
+        try:
+            data = json.loads(self.record.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise AdapterError(f"{self.record}: cannot read boot record: {exc}") from None
+        commit = data.get("commit") if isinstance(data, dict) else None
+        if commit is None or (isinstance(commit, str) and is_commit(commit)):
+            return commit
+        raise AdapterError(f"{self.record}: invalid boot record (commit {commit!r})")
