@@ -17,7 +17,9 @@ from usbupdater.trust import TrustedMetadata, TrustSession
 T0 = datetime(2030, 1, 1, tzinfo=timezone.utc)
 LATER = T0 + timedelta(days=365)
 TARGETS = {
-    "hw-lmp-42": ostree_target("a" * 64, "42", ["hw"], ["main"], apps={"shell": "hub/f/shell@sha256:" + "b" * 64}),
+    "hw-lmp-42": ostree_target(
+        "a" * 64, "42", ["hw"], ["main"], apps={"shell": "hub/f/shell@sha256:" + "b" * 64}
+    ),
     "hw-lmp-43": ostree_target("c" * 64, "43", ["hw"], ["main"]),
 }
 BUNDLE = BundleInfo("ci", "main", ["hw-lmp-42", "hw-lmp-43"])
@@ -113,4 +115,6 @@ def tree_snapshot(path: Path) -> dict[str, bytes]:
     """Every file under `path` with its content (to prove nothing changed)."""
     if not path.exists():
         return {}
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
+    }

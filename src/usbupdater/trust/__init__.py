@@ -15,7 +15,9 @@ Use::
 
 `verify_bundle(...)` is `TrustSession(...).verify()` for callers that never persist, and
 `persist(session)` is `session.commit()`. The clock is `now` (default: the system clock), raised to
-the persisted time floor so that a device booting in 1970 cannot accept long-expired metadata.
+the persisted time floor so that a device booting in 1970 cannot accept long-expired metadata;
+`commit()` advances the floor, and `advance_time_floor(store_dir, when)` lets the core record
+another time it knows to be true (e.g. a successful `run`).
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ from usbupdater.trust.session import (
     store_dir,
     verify_bundle,
 )
+from usbupdater.trust.store import save_time_floor as advance_time_floor
 from usbupdater.trust.trusted_set import BundleTargets
 
 __all__ = [
     "BundleTargets",
     "TrustSession",
     "TrustedMetadata",
+    "advance_time_floor",
     "effective_now",
     "persist",
     "shipped_roots_dir",

@@ -6,6 +6,7 @@ Verification and persistence are two calls because the core decides when accepti
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
@@ -145,8 +146,10 @@ class TrustSession:
     """One verification of one bundle's `tuf/` directory, and the commit of what it accepted.
 
     `verify()` reads the bundle, the shipped roots and the store, raises an `UpdaterError`
-    (11/12/14/15) or returns `TrustedMetadata`, and writes nothing. `commit()` then persists the
-    accepted roots and metadata (one atomic write) and advances the time floor.
+    (11/12/14/15; `StateError` for a corrupt store) or returns `TrustedMetadata`, and writes
+    nothing. `commit()` then persists the accepted roots and metadata (one atomic write) and
+    advances the time floor. `now` replaces the system clock (tests); either way the time used
+    is raised to the persisted time floor.
     """
 
     def __init__(
@@ -218,7 +221,8 @@ class TrustSession:
             " (device's stored metadata)" if result.from_device_cache else "",
         )
         return TrustedMetadata(
-            targets=MappingProxyType(dict(result.targets.signed.get("targets", {}))),
+            # A deep copy: callers may annotate entries; what commit() persists must stay as signed.
+            targets=MappingProxyType(copy.deepcopy(result.targets.signed.get("targets", {}))),
             targets_version=result.targets.version,
             root_version=result.root.version,
             bundle_targets=result.bundle_targets,
