@@ -7,7 +7,7 @@ import logging
 from datetime import timedelta
 
 import pytest
-from conftest import LATER, T0, Device
+from trust_helpers import LATER, T0, Device
 
 from usbupdater.errors import BundleMetadataError
 from usbupdater.sim.signer import BundleInfo, SigningKey, edit, resign

@@ -6,7 +6,7 @@ import json
 from datetime import timedelta
 
 import pytest
-from conftest import BUNDLE, LATER, T0, TARGETS, Device
+from trust_helpers import BUNDLE, LATER, T0, TARGETS, Device
 
 from usbupdater.errors import ExpiredError, MetadataMissingError, SecurityError
 from usbupdater.sim.signer import SigningKey, edit, resign

@@ -9,9 +9,9 @@ import tracemalloc
 from typing import Any
 
 import pytest
-from conftest import Device
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from trust_helpers import Device
 
 from usbupdater.errors import SecurityError, UpdaterError
 from usbupdater.trust.dialect import MAX_DEPTH, parse_json

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from conftest import LATER, T0, TARGETS, Device, tree_snapshot
+from trust_helpers import LATER, T0, TARGETS, Device, tree_snapshot
 
 from usbupdater.errors import ExpiredError, SecurityError, StateError, UpdaterError
 from usbupdater.sim.signer import SigningKey, ostree_target
