@@ -1,0 +1,275 @@
+"""Verify a bundle's `tuf/` against the device's trust, then (separately) persist what was accepted.
+
+Verification and persistence are two calls because the core decides when accepting is final
+(a failure later in `install` must not have moved the device's trust); `verify()` never writes.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from usbupdater import safeio
+from usbupdater.config import Config
+from usbupdater.errors import MetadataMissingError, SecurityError
+from usbupdater.trust import store
+from usbupdater.trust.dialect import (
+    MAX_META_SIZE,
+    Envelope,
+    canonical,
+    format_time,
+    load,
+    parse_time,
+)
+from usbupdater.trust.trusted_set import BundleTargets, ChainResult, StoredMeta, verify_chain
+
+log = logging.getLogger(__name__)
+
+_ROOT_NAME = re.compile(r"^([1-9][0-9]{0,8})\.root\.json$")
+
+
+@dataclass(frozen=True)
+class TrustedMetadata:
+    """What the rest of the updater may rely on after a successful verification."""
+
+    targets: Mapping[str, Mapping[str, Any]]  # signed["targets"] of the verified targets.json
+    targets_version: int
+    root_version: int
+    bundle_targets: BundleTargets | None  # None: legacy bundle (a warning was logged)
+    expires: datetime  # earliest expiry among the roles used
+    from_device_cache: bool  # bundle older than the device: the device's stored metadata is used
+
+
+def shipped_roots_dir(config: Config) -> Path:
+    """`<uptane_metadata_path>/prod` for production devices, else `ci` (aktualizr-lite's rule)."""
+    kind = "prod" if config.usbupdater.device_type == "prod" else "ci"
+    return config.storage.uptane_metadata_path / kind
+
+
+def store_dir(config: Config) -> Path:
+    return config.state_dir / "tuf"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def effective_now(store_path: Path, now: datetime | None = None) -> datetime:
+    """The later of the clock (`now`, default the system clock) and the persisted time floor.
+
+    A device without an RTC boots in 1970; without the floor it would accept metadata that
+    expired long ago.
+    """
+    clock = now if now is not None else _utcnow()
+    if clock.tzinfo is None:
+        clock = clock.replace(tzinfo=timezone.utc)
+    floor = store.load_time_floor(store_path)
+    return max(clock, floor) if floor is not None else clock
+
+
+def _shipped_versions(shipped: Path) -> dict[int, Path]:
+    try:
+        names = os.listdir(shipped)
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise MetadataMissingError(f"{shipped}: cannot list the shipped roots: {exc}") from None
+    out = {}
+    for n in names:
+        m = _ROOT_NAME.match(n)
+        if m:
+            out[int(m.group(1))] = shipped / n
+    return out
+
+
+def _trusted_root(shipped: Path, docs: store.StoredDocs) -> Envelope[Any]:
+    """The newest root the device trusts: shipped with its image or accepted before (stored)."""
+    shipped_versions = _shipped_versions(shipped)
+    best = max([*shipped_versions, *docs.roots], default=None)
+    if best is None:
+        raise MetadataMissingError(
+            f"no trusted root: {shipped} holds no N.root.json and the device has accepted none"
+        )
+    if best in docs.roots:
+        name = f"stored root v{best}"
+        data = canonical(docs.roots[best])
+    else:
+        name = str(shipped_versions[best])
+        try:
+            with open(shipped_versions[best], "rb") as fh:
+                data = fh.read(MAX_META_SIZE + 1)
+        except OSError as exc:
+            raise MetadataMissingError(f"{name}: cannot read: {exc.strerror}") from None
+        if len(data) > MAX_META_SIZE:
+            raise SecurityError(f"{name}: larger than {MAX_META_SIZE} bytes")
+    root = load(data, "root", name)
+    if root.version != best:
+        raise SecurityError(f"{name}: holds root v{root.version}, expected v{best}")
+    return root
+
+
+def _stored_meta(docs: store.StoredDocs) -> StoredMeta:
+    envs: dict[str, Envelope[Any]] = {}
+    for role, doc in docs.top.items():
+        try:
+            envs[role] = load(canonical(doc), role, f"stored {role}")
+        except SecurityError as exc:  # written by us after verification: should not happen
+            log.error("ignoring the device's stored %s: %s", role, exc.reason)
+    return StoredMeta(envs.get("timestamp"), envs.get("snapshot"), envs.get("targets"))
+
+
+def _known_true_time(result: ChainResult) -> datetime | None:
+    """A time the signed metadata proves has passed: the newest createdAt/updatedAt of a target."""
+    best = None
+    for entry in result.targets.signed.get("targets", {}).values():
+        custom = entry.get("custom") if isinstance(entry, dict) else None
+        if not isinstance(custom, dict):
+            continue
+        for key in ("createdAt", "updatedAt"):
+            try:
+                t = parse_time(custom.get(key))
+            except ValueError:
+                continue
+            best = t if best is None or t > best else best
+    return best
+
+
+class TrustSession:
+    """One verification of one bundle's `tuf/` directory, and the commit of what it accepted.
+
+    `verify()` reads the bundle, the shipped roots and the store, raises an `UpdaterError`
+    (11/12/14/15; `StateError` for a corrupt store) or returns `TrustedMetadata`, and writes
+    nothing. `commit()` then persists the accepted roots and metadata (one atomic write) and
+    advances the time floor. `now` replaces the system clock (tests); either way the time used
+    is raised to the persisted time floor.
+    """
+
+    def __init__(
+        self,
+        tuf_dir: Path,
+        *,
+        shipped_roots_dir: Path,
+        device_type: str,
+        device_tags: Sequence[str],
+        store_dir: Path,
+        now: datetime | None = None,
+    ) -> None:
+        self.tuf_dir = Path(tuf_dir)
+        self.shipped_roots_dir = Path(shipped_roots_dir)
+        self.device_type = device_type
+        self.device_tags = tuple(device_tags)
+        self.store_dir = Path(store_dir)
+        self.clock = now
+        self._result: ChainResult | None = None
+        self._docs: store.StoredDocs | None = None
+        self._now: datetime | None = None
+
+    @classmethod
+    def from_config(
+        cls, config: Config, tuf_dir: Path, now: datetime | None = None
+    ) -> TrustSession:
+        return cls(
+            tuf_dir,
+            shipped_roots_dir=shipped_roots_dir(config),
+            device_type=config.usbupdater.device_type,
+            device_tags=config.pacman.tags,
+            store_dir=store_dir(config),
+            now=now,
+        )
+
+    def verify(self) -> TrustedMetadata:
+        now = effective_now(self.store_dir, self.clock)
+        docs = store.load_docs(self.store_dir)
+        trusted = _trusted_root(self.shipped_roots_dir, docs)
+        try:
+            dirfd = safeio.open_root(self.tuf_dir)
+        except FileNotFoundError:
+            raise MetadataMissingError(f"{self.tuf_dir}: no TUF metadata directory") from None
+        except (OSError, safeio.UnsafePathError) as exc:
+            raise SecurityError(f"{self.tuf_dir}: cannot open: {exc}") from None
+        try:
+
+            def fetch(name: str, limit: int) -> bytes | None:
+                try:
+                    return safeio.read_file(dirfd, name, limit)
+                except FileNotFoundError:
+                    return None
+                except safeio.UnsafePathError as exc:
+                    raise SecurityError(f"{name}: refused: {exc.reason}") from None
+                except OSError as exc:
+                    raise MetadataMissingError(f"{name}: cannot read: {exc.strerror}") from None
+
+            result = verify_chain(
+                trusted, fetch, _stored_meta(docs), now, self.device_type, self.device_tags
+            )
+        finally:
+            os.close(dirfd)
+        self._result, self._docs, self._now = result, docs, now
+        log.info(
+            "TUF metadata verified: root v%d, targets v%d, expires %s%s",
+            result.root.version,
+            result.targets.version,
+            format_time(result.expires),
+            " (device's stored metadata)" if result.from_device_cache else "",
+        )
+        return TrustedMetadata(
+            # A deep copy: callers may annotate entries; what commit() persists must stay as signed.
+            targets=MappingProxyType(copy.deepcopy(result.targets.signed.get("targets", {}))),
+            targets_version=result.targets.version,
+            root_version=result.root.version,
+            bundle_targets=result.bundle_targets,
+            expires=result.expires,
+            from_device_cache=result.from_device_cache,
+        )
+
+    def commit(self) -> None:
+        """Persist what `verify()` accepted; only valid after it succeeded."""
+        if self._result is None or self._docs is None or self._now is None:
+            raise RuntimeError("TrustSession.commit() before a successful verify()")
+        result, old = self._result, self._docs
+        roots = dict(old.roots)
+        roots.update({r.version: r.doc for r in result.new_roots})
+        top = {
+            "timestamp": result.timestamp.doc,
+            "snapshot": result.snapshot.doc,
+            "targets": result.targets.doc,
+        }
+        new = store.StoredDocs(roots, top)
+        if new != old:
+            store.save_docs(self.store_dir, new)
+        known = _known_true_time(result)
+        floor = max(self._now, known) if known is not None else self._now
+        store.save_time_floor(self.store_dir, min(floor, result.expires))
+
+
+def verify_bundle(
+    tuf_dir: Path,
+    *,
+    shipped_roots_dir: Path,
+    device_type: str,
+    device_tags: Sequence[str],
+    store_dir: Path,
+    now: datetime | None = None,
+) -> TrustedMetadata:
+    """Verify `tuf_dir` against the device's trust; raises 11/12/14/15 errors; persists nothing."""
+    return TrustSession(
+        tuf_dir,
+        shipped_roots_dir=shipped_roots_dir,
+        device_type=device_type,
+        device_tags=device_tags,
+        store_dir=store_dir,
+        now=now,
+    ).verify()
+
+
+def persist(session: TrustSession) -> None:
+    """Persist what a verified session accepted (same as `session.commit()`)."""
+    session.commit()
