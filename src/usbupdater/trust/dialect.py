@@ -25,8 +25,8 @@ from datetime import datetime, timezone
 from typing import Any, Generic, TypeVar, Union
 
 # Both packages re-export these names without __all__, which strict mypy does not see.
-from securesystemslib.signer import Key, Signature  # type: ignore[attr-defined]
-from tuf.api.metadata import (  # type: ignore[attr-defined]
+from securesystemslib.signer import Key, Signature
+from tuf.api.metadata import (
     Root,
     Snapshot,
     Targets,

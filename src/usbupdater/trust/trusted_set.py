@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Optional
 
-from tuf.api.metadata import Root, Snapshot, Targets, Timestamp  # type: ignore[attr-defined]
+from tuf.api.metadata import Root, Snapshot, Targets, Timestamp
 
 from usbupdater.errors import BundleMetadataError, ExpiredError, MetadataMissingError, SecurityError
 from usbupdater.trust.dialect import (
