@@ -95,6 +95,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     return int(ExitCode.OK)
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """Verify a bundle against this device and show every target; change nothing."""
+    from usbupdater.bundle import Bundle
+    from usbupdater.checkin import check_in, describe, device_facts, failed_targets, format_text
+    from usbupdater.state import StateStore
+
+    cfg = _load_config(args)
+    store = StateStore(cfg.state_dir)
+    facts = device_facts(cfg, store.load(), failed_targets(store.history()))
+    with Bundle.open(args.src_dir) as bundle:
+        result = check_in(cfg, bundle, facts)
+    doc = describe(result)
+    print(json.dumps(doc, indent=2) if args.json else format_text(doc))
+    return int(result.code)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="usbupdater",
@@ -112,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
+    p = add(
+        "check",
+        cmd_check,
+        "verify a bundle (trust and content) and show every target for this device; "
+        "exit 16 when a newer target is installable, 0 when already on the best one",
+    )
+    p.add_argument("-s", "--src-dir", required=True, metavar="DIR", help="the bundle directory")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     add("current", cmd_current, "show the target the device runs")
     p = add("status", cmd_status, "show current and pending targets and the last result")
     p.add_argument("--json", action="store_true", help="print the state as JSON")

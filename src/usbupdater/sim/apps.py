@@ -18,7 +18,6 @@ import gzip
 import hashlib
 import json
 import os
-import platform
 import random
 import tarfile
 import zlib
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+
+from usbupdater.hostinfo import machine_arch
 
 MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MT_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -64,12 +65,6 @@ FAULTS = frozenset(
 BOMB_SIZE = 300 << 20
 _CHUNK = 1 << 20
 _EPOCH = 0  # every mtime in tars and gzip headers
-
-
-def machine_arch() -> str:
-    """The Docker/OCI architecture name of this machine (amd64, arm64, ...)."""
-    m = platform.machine().lower()
-    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(m, m)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,206 @@
+"""Check-in: what a bundle offers this device, decided without changing anything.
+
+Trust (the bundle's TUF metadata against the device's roots), target selection (pure, over the
+verified targets and the device's facts), then the selected target's app content verified blob by
+blob. `usbupdater check` stops here; `install` continues from the same result, so both always
+agree on what would be installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Optional
+
+from usbupdater.apps.verify import VerifiedApp, verify_apps
+from usbupdater.bundle import Bundle
+from usbupdater.config import Config
+from usbupdater.errors import ExitCode, UpdaterError
+from usbupdater.hostinfo import machine_arch
+from usbupdater.selection import (
+    Action,
+    CurrentTarget,
+    DeviceFacts,
+    Selection,
+    Stage,
+    select_target,
+)
+from usbupdater.state import DeviceState
+from usbupdater.trust import TrustedMetadata, TrustSession
+
+
+@dataclass(frozen=True)
+class CheckIn:
+    trusted: TrustedMetadata
+    device: DeviceFacts
+    selection: Selection
+    session: TrustSession  # `install` commits it once the device accepted the update
+    apps: Mapping[str, VerifiedApp] = field(default_factory=dict)  # the selected target's
+    content_error: Optional[UpdaterError] = None  # 8 or 80 from the app content
+
+    @property
+    def error(self) -> Optional[UpdaterError]:
+        return self.selection.error or self.content_error
+
+    @property
+    def code(self) -> ExitCode:
+        """check's exit code: the failure, 0 when already on the best target, else 16."""
+        if self.error is not None:
+            return self.error.code
+        if self.selection.action is Action.ALREADY_INSTALLED:
+            return ExitCode.OK
+        return ExitCode.UPDATE_AVAILABLE
+
+
+def failed_targets(history: Iterable[Mapping[str, Any]]) -> frozenset[str]:
+    """Targets whose last recorded outcome on this device is a failure."""
+    last: dict[str, str] = {}
+    for entry in history:
+        target, outcome = entry.get("target"), entry.get("outcome")
+        if isinstance(target, str) and isinstance(outcome, str):
+            last[target] = outcome
+    return frozenset(t for t, o in last.items() if o == "failed")
+
+
+def device_facts(
+    cfg: Config, state: DeviceState, failed: frozenset[str] = frozenset()
+) -> DeviceFacts:
+    cur = state.current
+    return DeviceFacts(
+        hardware_id=cfg.provision.primary_ecu_hardware_id,
+        tags=cfg.pacman.tags,
+        compose_apps=cfg.pacman.compose_apps,
+        apps_enabled=cfg.pacman.apps_enabled,
+        current=CurrentTarget(cur.name, cur.version, cur.sha256, dict(cur.apps)) if cur else None,
+        failed_targets=failed,
+    )
+
+
+def check_in(
+    cfg: Config,
+    bundle: Bundle,
+    device: DeviceFacts,
+    *,
+    target_name: Optional[str] = None,
+    force: bool = False,
+    now: Optional[datetime] = None,
+) -> CheckIn:
+    """Verify trust (raises 11/12/14/15), select, and verify the selected target's apps."""
+    session = TrustSession.from_config(cfg, bundle.path / "tuf", now)
+    trusted = session.verify()
+    names = trusted.bundle_targets.targets if trusted.bundle_targets else None
+    selection = select_target(trusted.targets, names, device, bundle, target_name, force)
+    result = CheckIn(trusted, device, selection, session)
+    chosen = selection.selected
+    if selection.error is None and chosen is not None and selection.action is Action.INSTALL:
+        try:
+            apps = verify_apps(bundle, chosen.apps, machine_arch())
+        except UpdaterError as exc:
+            return CheckIn(trusted, device, selection, session, {}, exc)
+        return CheckIn(trusted, device, selection, session, apps)
+    return result
+
+
+# --- presentation ------------------------------------------------------------------------------
+
+
+def describe(result: CheckIn) -> dict[str, Any]:
+    """A JSON-able account of every target and why it would or would not be installed."""
+    sel = result.selection
+    chosen = sel.selected.target.name if sel.selected else None
+    targets: list[dict[str, Any]] = []
+    for c in sel.candidates:
+        t = c.target
+        status = "selected" if t.name == chosen and sel.error is None else "installable"
+        if t.name == chosen and sel.action is Action.ALREADY_INSTALLED:
+            status = "installed"
+        targets.append(
+            {
+                "name": t.name,
+                "version": t.version,
+                "ostree": t.sha256,
+                "status": status,
+                "reason": c.apps_note,
+                "apps": {a: {"uri": u, "on": a in c.apps} for a, u in sorted(t.apps.items())},
+            }
+        )
+    for r in sel.rejections:
+        rt = r.target
+        targets.append(
+            {
+                "name": r.name,
+                "version": rt.version if rt else None,
+                "ostree": rt.sha256 if rt else None,
+                "status": "not-for-device" if r.stage <= Stage.NOT_FOR_DEVICE else "rejected",
+                "reason": r.reason,
+                "apps": {a: {"uri": u, "on": False} for a, u in sorted(rt.apps.items())}
+                if rt
+                else {},
+            }
+        )
+    targets.sort(key=lambda d: (d["version"] is None, -(d["version"] or 0), d["name"]))
+    md = result.trusted
+    bt = md.bundle_targets
+    return {
+        "code": int(result.code),
+        "error": result.error.reason if result.error else None,
+        "selected": chosen,
+        "action": sel.action.value if sel.action else None,
+        "device": {
+            "hardware_id": result.device.hardware_id,
+            "tags": list(result.device.tags),
+            "current": result.device.current.name if result.device.current else None,
+        },
+        "metadata": {
+            "root_version": md.root_version,
+            "targets_version": md.targets_version,
+            "expires": md.expires.isoformat(),
+            "from_device_cache": md.from_device_cache,
+            "bundle": {"type": bt.type, "tag": bt.tag, "targets": list(bt.targets)} if bt else None,
+        },
+        "targets": targets,
+    }
+
+
+def format_text(doc: Mapping[str, Any]) -> str:
+    """The account for a person at a terminal."""
+    lines = []
+    md = doc["metadata"]
+    bundle = md["bundle"]
+    origin = (
+        f"bundle for tag {bundle['tag']} ({bundle['type']})"
+        if bundle
+        else "legacy bundle (no bundle-targets.json)"
+    )
+    lines.append(
+        f"Bundle metadata: verified, {origin}; targets v{md['targets_version']}, "
+        f"root v{md['root_version']}, expires {md['expires']}"
+    )
+    if md["from_device_cache"]:
+        lines.append("  (the bundle's metadata is older than the device's: using the device's)")
+    dev = doc["device"]
+    lines.append(
+        f"Device: {dev['hardware_id']}, tags {', '.join(dev['tags']) or '(none)'}, "
+        f"running {dev['current'] or 'an unrecorded target'}"
+    )
+    lines.append("Found Targets:")
+    shown = [t for t in doc["targets"] if t["status"] != "not-for-device"]
+    for t in shown:
+        mark = {"selected": "*", "installed": "="}.get(t["status"], " ")
+        lines.append(f" {mark} {t['name']} (version {t['version']}): {t['status']}")
+        if t["ostree"]:
+            lines.append(f"\tostree: {t['ostree']}")
+        for app, a in t["apps"].items():
+            lines.append(f"\t\t({'on' if a['on'] else 'off'}) {app} -> {a['uri']}")
+        lines.append(f"\t{t['reason']}")
+    hidden = len(doc["targets"]) - len(shown)
+    if hidden:
+        lines.append(f"   ({hidden} other target(s) are not for this device; --json lists them)")
+    if doc["error"]:
+        lines.append(f"Result: {doc['error']}")
+    elif doc["action"] == Action.ALREADY_INSTALLED.value:
+        lines.append(f"Result: the device already runs {doc['selected']}")
+    else:
+        lines.append(f"Result: {doc['selected']} can be installed")
+    return "\n".join(lines)
