@@ -1,0 +1,1 @@
+"""Compose Apps: content verification, device store, Docker engine."""
