@@ -51,7 +51,8 @@ def open_root(path: str | os.PathLike[str]) -> int:
         return os.open(path, _DIR_FLAGS)
     except OSError as exc:
         if exc.errno in (40, 20):  # ELOOP, ENOTDIR: a link or not a directory
-            raise UnsafePathError(str(path), "not a directory (or a symlink)") from exc
+            what = "is a symbolic link" if os.path.islink(path) else "is not a directory"
+            raise UnsafePathError(str(path), what) from exc
         raise
 
 
@@ -61,8 +62,14 @@ def _open_component(dirfd: int, name: str, flags: int, shown: str) -> int:
     except OSError as exc:
         if exc.errno == 40:  # ELOOP: O_NOFOLLOW met a symlink
             raise UnsafePathError(shown, "is a symbolic link") from exc
-        if exc.errno == 20:  # ENOTDIR
-            raise UnsafePathError(shown, "is not a directory") from exc
+        if exc.errno == 20:  # ENOTDIR: also what O_DIRECTORY|O_NOFOLLOW gives for a symlink
+            what = "is not a directory"
+            try:
+                if stat.S_ISLNK(os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_mode):
+                    what = "is a symbolic link"
+            except OSError:
+                pass
+            raise UnsafePathError(shown, what) from exc
         raise
 
 
