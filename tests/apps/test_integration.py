@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from tests.apps.conftest import content_of
 from usbupdater.apps import engine
 from usbupdater.apps.runner import AppsContext, AppStartError, restore_apps, run_apps
-from usbupdater.apps.store import AppContent, AppStore
+from usbupdater.apps.store import AppContent, AppStore, CopyingSource, content_from_verified
+from usbupdater.apps.verify import verify_apps
 from usbupdater.errors import VerificationError
 from usbupdater.sim import apps as sa
 from usbupdater.sim.dockerd import PrivateDockerd
@@ -51,8 +51,9 @@ class Device:
         """Write a fresh stick with these apps and copy them into the store (install)."""
         self.n += 1
         stick = self.root / f"stick{self.n}" / "apps"
-        written = sa.write_apps(stick, specs)
-        apps = [content_of(stick, w) for w in written.values()]
+        uris = {w.name: w.uri for w in sa.write_apps(stick, specs).values()}
+        verified = verify_apps(CopyingSource(stick, self.store), uris, sa.machine_arch())
+        apps = [content_from_verified(verified[s.name]) for s in specs]
         self.store.add_apps(stick, apps)
         return apps
 

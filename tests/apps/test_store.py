@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import pytest
 
 from tests.apps.conftest import content_of
-from usbupdater.apps.store import AppStore, Blob
+from usbupdater.apps.store import AppStore, Blob, CopyingSource, DirSource, content_from_verified
+from usbupdater.apps.verify import verify_apps
 from usbupdater.errors import ContentMissingError, VerificationError
 from usbupdater.sim import apps as sa
 
@@ -113,3 +116,64 @@ def test_prune(tmp_path: Path, stick: tuple[Path, dict[str, sa.WrittenApp]]) -> 
     assert store.has_app(a2) and not store.has_app(a1)
     assert not (store.root / "apps" / "a1").exists()
     assert {p.name for p in store.blob_dir.iterdir()} == {b.hex for b in a2.blobs}
+
+
+class CountingSource:
+    """The stick, counting the bytes read from it."""
+
+    def __init__(self, apps_dir: Path) -> None:
+        self.inner = DirSource(apps_dir)
+        self.read = 0
+
+    def open_blob(self, hexdigest: str, max_size: int) -> BinaryIO:
+        fh = self.inner.open_blob(hexdigest, max_size)
+        outer = self
+
+        class Counting(io.RawIOBase):
+            def readable(self) -> bool:
+                return True
+
+            def readinto(self, b: Any) -> int:
+                n = fh.readinto(b)  # type: ignore[attr-defined]
+                outer.read += n or 0
+                return int(n or 0)
+
+            def close(self) -> None:
+                fh.close()
+                super().close()
+
+        return Counting()  # type: ignore[return-value]
+
+
+def test_verify_copies_each_byte_once(
+    tmp_path: Path, stick: tuple[Path, dict[str, sa.WrittenApp]]
+) -> None:
+    src, w = stick
+    counting = CountingSource(src)
+    store = AppStore(tmp_path / "store")
+    uris = {n: x.uri for n, x in w.items()}
+    verified = verify_apps(CopyingSource(counting, store), uris, sa.machine_arch())
+    apps = [content_from_verified(v) for v in verified.values()]
+    assert apps == [content_of(src, x) for x in w.values()]
+    total = sum(b.size for b in {b.digest: b for a in apps for b in a.blobs}.values())
+    assert counting.read == total  # every blob read once, while it was verified
+    store.add_apps(counting, apps)
+    assert counting.read == total  # nothing left to copy
+    assert all(store.has_app(a) for a in apps)
+    assert not [p for p in store.blob_dir.iterdir() if p.name.startswith(".")]
+    # A second verification (e.g. another target sharing blobs) reads from the store.
+    verify_apps(CopyingSource(counting, store), uris, sa.machine_arch())
+    assert counting.read == total
+
+
+def test_verify_through_store_refuses_tampered(
+    tmp_path: Path, stick: tuple[Path, dict[str, sa.WrittenApp]]
+) -> None:
+    src, w = stick
+    layer = w["a1"].images["main"].layer_digests[1]
+    sa.corrupt_blob(src, layer)
+    store = AppStore(tmp_path / "store")
+    with pytest.raises(VerificationError):
+        verify_apps(CopyingSource(src, store), {"a1": w["a1"].uri}, sa.machine_arch())
+    assert not (store.blob_dir / layer.split(":")[1]).exists()
+    assert not [p for p in store.blob_dir.iterdir() if p.name.startswith(".")]

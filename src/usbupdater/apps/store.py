@@ -15,7 +15,10 @@ corrupted on the device never reaches the engine whole.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
+import itertools
 import json
 import os
 import re
@@ -23,11 +26,14 @@ import shutil
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Optional
+from typing import TYPE_CHECKING, Any, BinaryIO, Optional, Protocol, Union
 
 from usbupdater import safeio
 from usbupdater.errors import ContentMissingError, NoSpaceError, VerificationError
 from usbupdater.fsutil import PathLike, atomic_write, fsync_dir, makedirs_durable
+
+if TYPE_CHECKING:
+    from usbupdater.apps.verify import VerifiedApp
 
 CHUNK = 1 << 20
 RECORD = "usbupdater-app.json"
@@ -151,6 +157,58 @@ class AppContent:
         )
 
 
+class BlobSource(Protocol):
+    """Where blobs are read from (the same shape as apps.verify.BlobSource, e.g. a Bundle)."""
+
+    def open_blob(self, hexdigest: str, max_size: int) -> BinaryIO: ...
+
+
+class DirSource:
+    """Blobs of an `apps/` directory on the stick, read with safeio (no links, bounded size)."""
+
+    def __init__(self, apps_dir: PathLike) -> None:
+        self.apps_dir = apps_dir
+
+    def open_blob(self, hexdigest: str, max_size: int) -> BinaryIO:
+        if not _HEX.match(hexdigest):
+            raise safeio.UnsafePathError(hexdigest, "is not a sha256 hex digest")
+        fd = safeio.open_root(self.apps_dir)
+        try:
+            return safeio.open_file(fd, f"blobs/sha256/{hexdigest}", max_size)
+        finally:
+            os.close(fd)
+
+
+def as_source(source: Union[BlobSource, PathLike]) -> BlobSource:
+    """A BlobSource as is; a path as the `apps/` directory of a bundle."""
+    if isinstance(source, (str, os.PathLike)):
+        return DirSource(source)
+    return source
+
+
+def content_from_verified(v: VerifiedApp) -> AppContent:
+    """The store's description of an app from apps.verify's result."""
+    images = []
+    for svc in v.services:
+        img = v.images[svc.image]
+        images.append(
+            ServiceImage(
+                service=svc.name,
+                ref=img.ref,
+                config=Blob(img.config.digest, img.config.size),
+                layers=tuple(Blob(b.digest, b.size) for b in img.layers),
+                blobs=tuple(Blob(b.digest, b.size) for b in img.blobs),
+            )
+        )
+    return AppContent(
+        name=v.name,
+        uri=v.uri,
+        manifest=Blob(v.manifest.digest, v.manifest.size),
+        bundle=Blob(v.bundle.digest, v.bundle.size),
+        images=tuple(images),
+    )
+
+
 def app_hex(uri: str) -> str:
     return hex_of(uri.rpartition("@")[2])
 
@@ -209,11 +267,10 @@ class AppStore:
     def read_small(self, blob: Blob) -> bytes:
         return b"".join(self.read_verified(blob))
 
-    def _copy_blob(self, src_fd: int, blob: Blob) -> None:
+    def _copy_blob(self, source: BlobSource, blob: Blob) -> None:
         """Copy one blob from the stick through a temp file, hashing as it goes."""
-        rel = f"blobs/sha256/{blob.hex}"
         try:
-            src: BinaryIO = safeio.open_file(src_fd, rel, blob.size)
+            src: BinaryIO = source.open_blob(blob.hex, blob.size)
         except FileNotFoundError:
             raise ContentMissingError(f"blob {blob.digest} is missing from the bundle") from None
         except safeio.UnsafePathError as exc:
@@ -258,8 +315,12 @@ class AppStore:
                     need[b.digest] = b.size
         return sum(need.values())
 
-    def add_apps(self, bundle_apps_dir: PathLike, apps: Iterable[AppContent]) -> None:
-        """Copy the verified apps from the stick's `apps/` directory into the store.
+    def add_apps(self, source: Union[BlobSource, PathLike], apps: Iterable[AppContent]) -> None:
+        """Copy the verified apps from the stick (a BlobSource or its `apps/` dir) into the store.
+
+        Blobs already present (e.g. copied by `CopyingSource` while they were verified) are
+        skipped, so after verification through a CopyingSource this only writes the app
+        directories.
 
         Refuses (NoSpaceError) before copying when the store's filesystem cannot hold what is
         missing; a content mismatch raises VerificationError and leaves no partial blob.
@@ -272,19 +333,16 @@ class AppStore:
             raise NoSpaceError(
                 f"app store {self.root}: {need} bytes needed, {st.f_bavail * st.f_frsize} free"
             )
-        src_fd = safeio.open_root(bundle_apps_dir)
-        try:
-            for app in apps:
-                copied = False
-                for b in app.blobs:
-                    if not self.has_blob(b):
-                        self._copy_blob(src_fd, b)
-                        copied = True
-                if copied:
-                    fsync_dir(self.blob_dir)
-                self._write_app_dir(app)
-        finally:
-            os.close(src_fd)
+        src = as_source(source)
+        for app in apps:
+            copied = False
+            for b in app.blobs:
+                if not self.has_blob(b):
+                    self._copy_blob(src, b)
+                    copied = True
+            if copied:
+                fsync_dir(self.blob_dir)
+            self._write_app_dir(app)
 
     def _write_app_dir(self, app: AppContent) -> None:
         d = self.app_dir(app)
@@ -360,6 +418,77 @@ class AppStore:
                     removed.append("sha256:" + p.name)
             fsync_dir(self.blob_dir)
         return removed
+
+
+_counter = itertools.count()
+
+
+class _TeeReader(io.RawIOBase):
+    """Reads a stick blob for the verifier and writes the same bytes to a store temp file; on
+    close the temp file becomes the blob only if what was read hashes to the blob's digest."""
+
+    def __init__(self, src: BinaryIO, store: AppStore, hexdigest: str) -> None:
+        self._src, self._store, self._hex = src, store, hexdigest
+        self._tmp = store.blob_dir / f"{_TMP_PREFIX}{hexdigest}.{os.getpid()}.{next(_counter)}"
+        self._out = open(self._tmp, "wb")  # noqa: SIM115 - closed in close()
+        self._sha = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        n = self._src.readinto(b)  # type: ignore[attr-defined]
+        if n:
+            view = memoryview(b)[:n]
+            self._sha.update(view)
+            try:
+                self._out.write(view)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise NoSpaceError(f"app store {self._store.root}: no space left") from None
+                raise
+        return int(n or 0)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self._src.close()
+            complete = self._sha.hexdigest() == self._hex
+            if complete:
+                self._out.flush()
+                os.fsync(self._out.fileno())
+            self._out.close()
+            if complete:
+                os.replace(self._tmp, self._store.blob_dir / self._hex)
+            else:
+                self._tmp.unlink(missing_ok=True)
+        finally:
+            self._tmp.unlink(missing_ok=True)
+            super().close()
+
+
+class CopyingSource:
+    """A BlobSource for verification that fills the store as a side effect.
+
+    Every blob the verifier reads from the stick is written to a store temp file in the same
+    pass (each byte of the stick read once) and committed when its bytes hash right; blobs the
+    store already has are served from the store instead (the verifier still checks them).
+    """
+
+    def __init__(self, source: Union[BlobSource, PathLike], store: AppStore) -> None:
+        self.source = as_source(source)
+        self.store = store
+        makedirs_durable(store.blob_dir)
+
+    def open_blob(self, hexdigest: str, max_size: int) -> BinaryIO:
+        if not _HEX.match(hexdigest):
+            raise safeio.UnsafePathError(hexdigest, "is not a sha256 hex digest")
+        path = self.store.blob_dir / hexdigest
+        if path.is_file() and not path.is_symlink() and path.stat().st_size <= max_size:
+            return open(path, "rb", buffering=0)
+        src = self.source.open_blob(hexdigest, max_size)
+        return io.BufferedReader(_TeeReader(src, self.store, hexdigest), CHUNK)
 
 
 def find_app(apps: Iterable[AppContent], name: str) -> Optional[AppContent]:
