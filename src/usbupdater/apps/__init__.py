@@ -1,1 +1,1 @@
-"""Compose Apps: content verification (digest chain from the signed target down to each layer)."""
+"""Compose Apps: content verification, device store, Docker engine."""

@@ -1,0 +1,495 @@
+"""The device's app store (`[pacman] reset_apps_root`): verified blobs the stick is not needed for.
+
+Layout is the bundle's (`blobs/sha256/<hex>`, `apps/<app>/<H>/{uri,manifest.json,<B>.tgz}`) plus
+`apps/<app>/<H>/usbupdater-app.json`, the verified description of the app (which blobs, which
+images for which services), so `run` and a rollback can load and start the app without the stick
+and without parsing anything again. The record is written last: an app directory without it is
+an unfinished copy and is not taken as present.
+
+Every blob is copied from the stick through a temporary file whose bytes are hashed as they are
+read (each byte of the stick is read once), and renamed into place only when size and digest
+match; a blob already in the store (right name and size) is skipped. Blobs are read back through
+`read_verified`, which withholds the last chunk of a blob whose digest does not match, so a blob
+corrupted on the device never reaches the engine whole.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import itertools
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Optional, Protocol, Union
+
+from usbupdater import safeio
+from usbupdater.errors import ContentMissingError, NoSpaceError, VerificationError
+from usbupdater.fsutil import PathLike, atomic_write, fsync_dir, makedirs_durable
+
+if TYPE_CHECKING:
+    from usbupdater.apps.verify import VerifiedApp
+
+CHUNK = 1 << 20
+RECORD = "usbupdater-app.json"
+_HEX = re.compile(r"^[0-9a-f]{64}$")
+_TMP_PREFIX = ".tmp-"
+
+
+def hex_of(digest: str) -> str:
+    """The hex part of "sha256:<hex>", refusing anything else (names built from it are paths)."""
+    algo, _, hexpart = digest.partition(":")
+    if algo != "sha256" or not _HEX.match(hexpart):
+        raise VerificationError(f"unsupported or malformed digest {digest!r}")
+    return hexpart
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A content-addressed blob: "sha256:<hex>" and its exact size in bytes."""
+
+    digest: str
+    size: int
+
+    @property
+    def hex(self) -> str:
+        return hex_of(self.digest)
+
+
+@dataclass(frozen=True)
+class ServiceImage:
+    """One compose service's image as verified: what to load and how the compose file names it.
+
+    `layers` are in `config.rootfs` order; `blobs` is every blob of the image tree (index,
+    manifest, config, layers) so the store keeps the tree complete.
+    """
+
+    service: str
+    ref: str  # the digest-pinned reference in the compose file: "<host>/<path>@sha256:<I>"
+    config: Blob
+    layers: tuple[Blob, ...]
+    blobs: tuple[Blob, ...] = ()
+
+    @property
+    def repository(self) -> str:
+        return self.ref.partition("@")[0]
+
+    @property
+    def root_hex(self) -> str:
+        return hex_of(self.ref.partition("@")[2])
+
+    @property
+    def image_id(self) -> str:
+        """Docker's image ID: the config's digest."""
+        return self.config.digest
+
+
+@dataclass(frozen=True)
+class AppContent:
+    """One verified app: its URI, manifest and bundle blobs, and each service's image."""
+
+    name: str
+    uri: str  # "<host>/<factory>/<app>@sha256:<H>"
+    manifest: Blob
+    bundle: Blob
+    images: tuple[ServiceImage, ...] = field(default_factory=tuple)
+
+    @property
+    def blobs(self) -> tuple[Blob, ...]:
+        """Every blob the app needs, each once."""
+        seen: dict[str, Blob] = {
+            self.manifest.digest: self.manifest,
+            self.bundle.digest: self.bundle,
+        }
+        for img in self.images:
+            for b in (*img.blobs, img.config, *img.layers):
+                seen.setdefault(b.digest, b)
+        return tuple(seen.values())
+
+    def to_json(self) -> dict[str, Any]:
+        def blob(b: Blob) -> dict[str, Any]:
+            return {"digest": b.digest, "size": b.size}
+
+        return {
+            "name": self.name,
+            "uri": self.uri,
+            "manifest": blob(self.manifest),
+            "bundle": blob(self.bundle),
+            "images": [
+                {
+                    "service": i.service,
+                    "ref": i.ref,
+                    "config": blob(i.config),
+                    "layers": [blob(b) for b in i.layers],
+                    "blobs": [blob(b) for b in i.blobs],
+                }
+                for i in self.images
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> AppContent:
+        def blob(d: Mapping[str, Any]) -> Blob:
+            b = Blob(str(d["digest"]), int(d["size"]))
+            hex_of(b.digest)
+            return b
+
+        return cls(
+            name=str(doc["name"]),
+            uri=str(doc["uri"]),
+            manifest=blob(doc["manifest"]),
+            bundle=blob(doc["bundle"]),
+            images=tuple(
+                ServiceImage(
+                    service=str(i["service"]),
+                    ref=str(i["ref"]),
+                    config=blob(i["config"]),
+                    layers=tuple(blob(b) for b in i["layers"]),
+                    blobs=tuple(blob(b) for b in i.get("blobs", ())),
+                )
+                for i in doc["images"]
+            ),
+        )
+
+
+class BlobSource(Protocol):
+    """Where blobs are read from (the same shape as apps.verify.BlobSource, e.g. a Bundle)."""
+
+    def open_blob(self, hexdigest: str, max_size: int) -> BinaryIO: ...
+
+
+class DirSource:
+    """Blobs of an `apps/` directory on the stick, read with safeio (no links, bounded size)."""
+
+    def __init__(self, apps_dir: PathLike) -> None:
+        self.apps_dir = apps_dir
+
+    def open_blob(self, hexdigest: str, max_size: int) -> BinaryIO:
+        if not _HEX.match(hexdigest):
+            raise safeio.UnsafePathError(hexdigest, "is not a sha256 hex digest")
+        fd = safeio.open_root(self.apps_dir)
+        try:
+            return safeio.open_file(fd, f"blobs/sha256/{hexdigest}", max_size)
+        finally:
+            os.close(fd)
+
+
+def as_source(source: Union[BlobSource, PathLike]) -> BlobSource:
+    """A BlobSource as is; a path as the `apps/` directory of a bundle."""
+    if isinstance(source, (str, os.PathLike)):
+        return DirSource(source)
+    return source
+
+
+def content_from_verified(v: VerifiedApp) -> AppContent:
+    """The store's description of an app from apps.verify's result."""
+    images = []
+    for svc in v.services:
+        img = v.images[svc.image]
+        images.append(
+            ServiceImage(
+                service=svc.name,
+                ref=img.ref,
+                config=Blob(img.config.digest, img.config.size),
+                layers=tuple(Blob(b.digest, b.size) for b in img.layers),
+                blobs=tuple(Blob(b.digest, b.size) for b in img.blobs),
+            )
+        )
+    return AppContent(
+        name=v.name,
+        uri=v.uri,
+        manifest=Blob(v.manifest.digest, v.manifest.size),
+        bundle=Blob(v.bundle.digest, v.bundle.size),
+        images=tuple(images),
+    )
+
+
+def app_hex(uri: str) -> str:
+    return hex_of(uri.rpartition("@")[2])
+
+
+def _hash_mismatch(what: str, blob: Blob, got_digest: str, got_size: int) -> VerificationError:
+    if got_size != blob.size:
+        return VerificationError(f"{what} {blob.digest}: {got_size} bytes, expected {blob.size}")
+    return VerificationError(f"{what} {blob.digest}: content hashes to {got_digest}")
+
+
+class AppStore:
+    """`reset_apps_root`: content-addressed blobs plus one directory per stored app version."""
+
+    def __init__(self, root: PathLike) -> None:
+        self.root = Path(root)
+        self.blob_dir = self.root / "blobs" / "sha256"
+
+    # --- blobs ----------------------------------------------------------------------------------
+
+    def blob_path(self, blob: Blob) -> Path:
+        return self.blob_dir / blob.hex
+
+    def has_blob(self, blob: Blob) -> bool:
+        """Present means the final name exists with the right size (temp files never have it)."""
+        try:
+            st = os.stat(self.blob_path(blob), follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return st.st_size == blob.size
+
+    def read_verified(self, blob: Blob, chunk: int = CHUNK) -> Iterator[bytes]:
+        """Yield a stored blob's bytes; raise VerificationError instead of its last chunk if the
+        size or digest is wrong, so a consumer never sees a complete corrupted blob."""
+        try:
+            fh = open(self.blob_path(blob), "rb")  # noqa: SIM115 - closed in finally
+        except FileNotFoundError:
+            raise ContentMissingError(f"blob {blob.digest} is not in the app store") from None
+        try:
+            h, done = hashlib.sha256(), 0
+            while True:
+                data = fh.read(min(chunk, blob.size - done + 1))
+                if not data:
+                    break
+                h.update(data)
+                done += len(data)
+                if done > blob.size:
+                    raise _hash_mismatch("stored blob", blob, "", done)
+                if done == blob.size and ("sha256:" + h.hexdigest() != blob.digest or fh.read(1)):
+                    raise _hash_mismatch("stored blob", blob, "sha256:" + h.hexdigest(), done)
+                yield data
+            if done != blob.size:
+                raise _hash_mismatch("stored blob", blob, "", done)
+        finally:
+            fh.close()
+
+    def read_small(self, blob: Blob) -> bytes:
+        return b"".join(self.read_verified(blob))
+
+    def _copy_blob(self, source: BlobSource, blob: Blob) -> None:
+        """Copy one blob from the stick through a temp file, hashing as it goes."""
+        try:
+            src: BinaryIO = source.open_blob(blob.hex, blob.size)
+        except FileNotFoundError:
+            raise ContentMissingError(f"blob {blob.digest} is missing from the bundle") from None
+        except safeio.UnsafePathError as exc:
+            raise VerificationError(f"bundle blob {blob.digest}: {exc.reason}") from None
+        tmp = self.blob_dir / f"{_TMP_PREFIX}{blob.hex}.{os.getpid()}"
+        try:
+            with src, open(tmp, "wb") as out:
+                h, done = hashlib.sha256(), 0
+                while True:
+                    data = src.read(CHUNK)
+                    if not data:
+                        break
+                    done += len(data)
+                    if done > blob.size:
+                        raise _hash_mismatch("bundle blob", blob, "", done)
+                    h.update(data)
+                    out.write(data)
+                got = "sha256:" + h.hexdigest()
+                if done != blob.size or got != blob.digest:
+                    raise _hash_mismatch("bundle blob", blob, got, done)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self.blob_path(blob))  # commit point: now "present"
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    # --- apps -----------------------------------------------------------------------------------
+
+    def app_dir(self, app: AppContent) -> Path:
+        return self.root / "apps" / app.name / app_hex(app.uri)
+
+    def has_app(self, app: AppContent) -> bool:
+        """The record exists (written last) and every blob is present."""
+        return (self.app_dir(app) / RECORD).is_file() and all(self.has_blob(b) for b in app.blobs)
+
+    def missing_bytes(self, apps: Iterable[AppContent]) -> int:
+        need: dict[str, int] = {}
+        for app in apps:
+            for b in app.blobs:
+                if not self.has_blob(b):
+                    need[b.digest] = b.size
+        return sum(need.values())
+
+    def add_apps(self, source: Union[BlobSource, PathLike], apps: Iterable[AppContent]) -> None:
+        """Copy the verified apps from the stick (a BlobSource or its `apps/` dir) into the store.
+
+        Blobs already present (e.g. copied by `CopyingSource` while they were verified) are
+        skipped, so after verification through a CopyingSource this only writes the app
+        directories.
+
+        Refuses (NoSpaceError) before copying when the store's filesystem cannot hold what is
+        missing; a content mismatch raises VerificationError and leaves no partial blob.
+        """
+        apps = list(apps)
+        makedirs_durable(self.blob_dir)
+        need = self.missing_bytes(apps)
+        st = os.statvfs(self.blob_dir)
+        if need > st.f_bavail * st.f_frsize:
+            raise NoSpaceError(
+                f"app store {self.root}: {need} bytes needed, {st.f_bavail * st.f_frsize} free"
+            )
+        src = as_source(source)
+        for app in apps:
+            copied = False
+            for b in app.blobs:
+                if not self.has_blob(b):
+                    self._copy_blob(src, b)
+                    copied = True
+            if copied:
+                fsync_dir(self.blob_dir)
+            self._write_app_dir(app)
+
+    def _write_app_dir(self, app: AppContent) -> None:
+        d = self.app_dir(app)
+        makedirs_durable(d)
+        atomic_write(d / "uri", app.uri.encode())
+        for name, blob in (("manifest.json", app.manifest), (f"{app.bundle.hex}.tgz", app.bundle)):
+            target = d / name
+            if not target.exists():
+                tmp = d / f"{_TMP_PREFIX}{name}"
+                tmp.unlink(missing_ok=True)
+                os.link(self.blob_path(blob), tmp)  # same bytes, no extra space
+                os.replace(tmp, target)
+        atomic_write(d / RECORD, json.dumps(app.to_json(), indent=1, sort_keys=True).encode())
+
+    def load_app(self, name: str, uri: str) -> AppContent:
+        """The stored description of an app version (for `run` and rollback, without the stick)."""
+        safeio.check_component(name)
+        path = self.root / "apps" / name / app_hex(uri) / RECORD
+        try:
+            doc = json.loads(path.read_bytes())
+            app = AppContent.from_json(doc)
+        except FileNotFoundError:
+            raise ContentMissingError(f"app {name} ({uri}) is not in the app store") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise VerificationError(f"app store record {path} is unreadable: {exc}") from None
+        if app.name != name or app.uri != uri:
+            raise VerificationError(f"app store record {path} describes {app.name} {app.uri}")
+        for b in app.blobs:
+            if not self.has_blob(b):
+                raise ContentMissingError(f"app {name}: blob {b.digest} is not in the app store")
+        return app
+
+    def stored_apps(self) -> list[tuple[str, str]]:
+        """(name, uri) of every complete app version in the store."""
+        found = []
+        apps_dir = self.root / "apps"
+        if not apps_dir.is_dir():
+            return []
+        for name_dir in sorted(apps_dir.iterdir()):
+            for ver in sorted(name_dir.iterdir()) if name_dir.is_dir() else ():
+                uri_file = ver / "uri"
+                if (ver / RECORD).is_file() and uri_file.is_file():
+                    found.append((name_dir.name, uri_file.read_text()))
+        return found
+
+    def prune(self, keep: Iterable[tuple[str, str]]) -> list[str]:
+        """Remove app versions not in `keep` ((name, uri) pairs) and blobs no kept app needs.
+
+        Call only after a successful `run`: until then the previous target's apps are what a
+        rollback restores. Returns the digests removed.
+        """
+        keep_set = set(keep)
+        needed: set[str] = set()
+        for name, uri in keep_set:
+            needed.update(b.digest for b in self.load_app(name, uri).blobs)
+        apps_dir = self.root / "apps"
+        if apps_dir.is_dir():
+            for name_dir in list(apps_dir.iterdir()):
+                for ver in list(name_dir.iterdir()) if name_dir.is_dir() else ():
+                    uri_file = ver / "uri"
+                    uri = uri_file.read_text() if uri_file.is_file() else ""
+                    if (name_dir.name, uri) not in keep_set:
+                        shutil.rmtree(ver)
+                if name_dir.is_dir() and not any(name_dir.iterdir()):
+                    name_dir.rmdir()
+        removed = []
+        if self.blob_dir.is_dir():
+            for p in self.blob_dir.iterdir():
+                if p.name.startswith(_TMP_PREFIX):
+                    p.unlink()
+                elif "sha256:" + p.name not in needed:
+                    p.unlink()
+                    removed.append("sha256:" + p.name)
+            fsync_dir(self.blob_dir)
+        return removed
+
+
+_counter = itertools.count()
+
+
+class _TeeReader(io.RawIOBase):
+    """Reads a stick blob for the verifier and writes the same bytes to a store temp file; on
+    close the temp file becomes the blob only if what was read hashes to the blob's digest."""
+
+    def __init__(self, src: BinaryIO, store: AppStore, hexdigest: str) -> None:
+        self._src, self._store, self._hex = src, store, hexdigest
+        self._tmp = store.blob_dir / f"{_TMP_PREFIX}{hexdigest}.{os.getpid()}.{next(_counter)}"
+        self._out = open(self._tmp, "wb")  # noqa: SIM115 - closed in close()
+        self._sha = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        n = self._src.readinto(b)  # type: ignore[attr-defined]
+        if n:
+            view = memoryview(b)[:n]
+            self._sha.update(view)
+            try:
+                self._out.write(view)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise NoSpaceError(f"app store {self._store.root}: no space left") from None
+                raise
+        return int(n or 0)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self._src.close()
+            complete = self._sha.hexdigest() == self._hex
+            if complete:
+                self._out.flush()
+                os.fsync(self._out.fileno())
+            self._out.close()
+            if complete:
+                os.replace(self._tmp, self._store.blob_dir / self._hex)
+            else:
+                self._tmp.unlink(missing_ok=True)
+        finally:
+            self._tmp.unlink(missing_ok=True)
+            super().close()
+
+
+class CopyingSource:
+    """A BlobSource for verification that fills the store as a side effect.
+
+    Every blob the verifier reads from the stick is written to a store temp file in the same
+    pass (each byte of the stick read once) and committed when its bytes hash right; blobs the
+    store already has are served from the store instead (the verifier still checks them).
+    """
+
+    def __init__(self, source: Union[BlobSource, PathLike], store: AppStore) -> None:
+        self.source = as_source(source)
+        self.store = store
+        makedirs_durable(store.blob_dir)
+
+    def open_blob(self, hexdigest: str, max_size: int) -> BinaryIO:
+        if not _HEX.match(hexdigest):
+            raise safeio.UnsafePathError(hexdigest, "is not a sha256 hex digest")
+        path = self.store.blob_dir / hexdigest
+        if path.is_file() and not path.is_symlink() and path.stat().st_size <= max_size:
+            return open(path, "rb", buffering=0)
+        src = self.source.open_blob(hexdigest, max_size)
+        return io.BufferedReader(_TeeReader(src, self.store, hexdigest), CHUNK)
+
+
+def find_app(apps: Iterable[AppContent], name: str) -> Optional[AppContent]:
+    return next((a for a in apps if a.name == name), None)

@@ -1,0 +1,47 @@
+"""Fixtures for the apps tests: one private dockerd per session, apps built by sim.apps."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from usbupdater.apps.store import AppContent, Blob, ServiceImage
+from usbupdater.sim.apps import WrittenApp, blob_path
+
+
+def content_of(apps_dir: Path, w: WrittenApp) -> AppContent:
+    """An AppContent for a sim-written app (what verification yields), sizes from the files."""
+
+    def blob(d: str) -> Blob:
+        return Blob(d, blob_path(apps_dir, d).stat().st_size)
+
+    return AppContent(
+        name=w.name,
+        uri=w.uri,
+        manifest=blob(w.manifest_digest),
+        bundle=blob(w.bundle_digest),
+        images=tuple(
+            ServiceImage(
+                service=i.service,
+                ref=i.ref,
+                config=blob(i.config_digest),
+                layers=tuple(blob(d) for d in i.layer_digests),
+                blobs=tuple(blob(d) for d in i.blobs),
+            )
+            for i in w.images.values()
+        ),
+    )
+
+
+@pytest.fixture(scope="session")
+def dockerd() -> Iterator[object]:
+    """One private engine for the whole session (stopped and removed even when tests fail)."""
+    if not shutil.which("dockerd") or not shutil.which("docker-compose"):
+        pytest.skip("dockerd and docker-compose are needed")
+    from usbupdater.sim.dockerd import PrivateDockerd
+
+    with PrivateDockerd() as d:
+        yield d
