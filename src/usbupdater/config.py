@@ -100,6 +100,12 @@ class Config:
     bootloader: BootloaderConfig = field(default_factory=BootloaderConfig)
     usbupdater: UsbUpdaterConfig = field(default_factory=UsbUpdaterConfig)
     sources: tuple[Path, ...] = ()  # files read, in order
+    # The merged tables as read, so a component can parse keys of its own (see `table`).
+    tables: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, repr=False)
+
+    def table(self, name: str) -> Table:
+        """Typed access to one merged table (e.g. the agent's keys in `[usbupdater]`)."""
+        return Table(name, self.tables.get(name, {}))
 
     @property
     def state_dir(self) -> Path:
@@ -158,7 +164,7 @@ def load(paths: Optional[Iterable[str | os.PathLike[str]]] = None) -> Config:
 # --- coercion ----------------------------------------------------------------------------------
 
 
-class _Table:
+class Table:
     """Typed access to one merged table, with errors that name the key."""
 
     def __init__(self, name: str, values: Mapping[str, Any]) -> None:
@@ -219,7 +225,7 @@ class _Table:
 
 def from_tables(tables: Mapping[str, Mapping[str, Any]], sources: tuple[Path, ...] = ()) -> Config:
     """Build a `Config` from merged tables (the pure half of `load`)."""
-    prov = _Table("provision", tables.get("provision", {}))
+    prov = Table("provision", tables.get("provision", {}))
     hwid = prov.get_str("primary_ecu_hardware_id", "").strip()
     if not hwid:
         where = ", ".join(str(s) for s in sources) or "no configuration file found"
@@ -227,10 +233,10 @@ def from_tables(tables: Mapping[str, Mapping[str, Any]], sources: tuple[Path, ..
             "[provision] primary_ecu_hardware_id is not set; it is usually set in "
             f"{HARDWARE_ID_HINT} (read: {where})"
         )
-    st = _Table("storage", tables.get("storage", {}))
-    pm = _Table("pacman", tables.get("pacman", {}))
-    bl = _Table("bootloader", tables.get("bootloader", {}))
-    uu = _Table("usbupdater", tables.get("usbupdater", {}))
+    st = Table("storage", tables.get("storage", {}))
+    pm = Table("pacman", tables.get("pacman", {}))
+    bl = Table("bootloader", tables.get("bootloader", {}))
+    uu = Table("usbupdater", tables.get("usbupdater", {}))
     storage_path = st.get_path("path", StorageConfig.path)
     return Config(
         provision=ProvisionConfig(
@@ -278,4 +284,5 @@ def from_tables(tables: Mapping[str, Mapping[str, Any]], sources: tuple[Path, ..
             status_file=uu.get_path("status_file", UsbUpdaterConfig.status_file),
         ),
         sources=sources,
+        tables={k: dict(v) for k, v in tables.items()},
     )
