@@ -111,6 +111,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     return int(result.code)
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Run the USB update service: wait for sticks and install what they carry."""
+    from usbupdater.agent.service import main as watch_main
+
+    cfg = _load_config(args)
+    return watch_main(cfg, tuple(args.config or ()))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="usbupdater",
@@ -139,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("current", cmd_current, "show the target the device runs")
     p = add("status", cmd_status, "show current and pending targets and the last result")
     p.add_argument("--json", action="store_true", help="print the state as JSON")
+    add(
+        "watch",
+        cmd_watch,
+        "run the service that installs updates from USB sticks as they are plugged in",
+    )
     return parser
 
 

@@ -1,0 +1,15 @@
+"""The automation around the updater core: `usbupdater watch`.
+
+    watcher  pyudev monitor thread (queues only), coldplug, debouncer
+    filter   which block devices are update sticks (pure, from udev properties)
+    media    private read-only mounts, finding the one bundle on a stick
+    backend  the updater core as a subprocess: install / run / current, progress records
+    policy   what to do after each exit code (pure)
+    journal  the in-flight marker and the handled bundles, durable
+    status   status.json, notify hook, console line, systemd STATUS
+    report   the report written back to the stick
+    service  the dispatcher and the single worker that tie them together
+
+The agent knows the core only through its command line and exit codes (spec section 4), so it
+can drive Foundries' `aklite-offline` as well as our own `usbupdater`.
+"""

@@ -1,0 +1,97 @@
+"""What to do after each exit code: pure decisions, one table per command (spec section 4).
+
+Kept free of I/O so every code is unit-tested; the service only carries the decisions out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+# Short meanings for people (status file, report), by exit code.
+MEANINGS: dict[int, str] = {
+    0: "ok",
+    1: "unexpected error",
+    6: "no target for this device in the bundle",
+    8: "target content missing from the bundle",
+    11: "the bundle failed a security check (signature, threshold, rollback)",
+    12: "the bundle's metadata has expired",
+    14: "the bundle's metadata is missing",
+    15: "the bundle's metadata is invalid (type, tag, signature or expiry)",
+    20: "the requested target is not in the bundle",
+    30: "an earlier installation is still pending",
+    40: "nothing was pending",
+    60: "not enough space on the device",
+    80: "the bundle's content does not match its signed metadata",
+    90: "boot firmware update",
+    99: "the update failed; the device is back on the previous version",
+    100: "reboot needed",
+    101: "apps installed; the Docker engine needs a restart",
+    102: "downgrade refused",
+    110: "the new version failed to boot; rolled back, the previous apps are unknown",
+    120: "the apps failed and no rollback target is known",
+}
+
+# Results a finished job can have (status file `result`, report `result`).
+UPDATED = "updated"
+UP_TO_DATE = "up-to-date"
+ROLLED_BACK = "rolled-back"
+FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """`step`: done | reboot | engine | run. `after_reboot`: run | install | none."""
+
+    step: str
+    result: str = ""
+    message: str = ""
+    after_reboot: str = "none"
+
+
+def meaning(code: Optional[int]) -> str:
+    if code is None:
+        return "the updater did not finish"
+    return MEANINGS.get(code, f"exit code {code}")
+
+
+def _failed(code: Optional[int], reason: str) -> Decision:
+    text = meaning(code)
+    return Decision("done", FAILED, f"{text}: {reason}" if reason else text)
+
+
+def after_install(code: Optional[int], reason: str = "") -> Decision:
+    if code == 0:
+        return Decision("done", UP_TO_DATE, "nothing to do: the device already runs this target")
+    if code == 100:
+        return Decision("reboot", "", "installed; rebooting into the new version", "run")
+    if code == 90:
+        return Decision(
+            "reboot",
+            "",
+            "a boot firmware update must be confirmed by a reboot first; installing after it",
+            "install",
+        )
+    if code == 101:
+        return Decision("engine", "", "apps installed; restarting the Docker engine")
+    return _failed(code, reason)
+
+
+def after_run(
+    code: Optional[int], reason: str = "", confirm_boot_firmware: bool = True
+) -> Decision:
+    if code == 0:
+        return Decision("done", UPDATED, "updated; the apps are running")
+    if code == 90:
+        if confirm_boot_firmware:
+            return Decision(
+                "reboot", UPDATED, "updated; rebooting once more to confirm the boot firmware"
+            )
+        return Decision("done", UPDATED, "updated; the boot firmware is confirmed at next reboot")
+    if code == 100:
+        return Decision("reboot", "", "the apps failed; rolling back: rebooting", "run")
+    if code in (99, 110):
+        return Decision("done", ROLLED_BACK, meaning(code) + (f": {reason}" if reason else ""))
+    if code == 40:
+        return Decision("done", UP_TO_DATE, "nothing was pending")
+    return _failed(code, reason)

@@ -1,0 +1,167 @@
+"""Feedback for people: the status file, the notify hook, the console line, systemd's STATUS.
+
+`status.json` is rewritten atomically on every change, so a kiosk display or a shell loop can
+read it at any time. The notify command runs on each phase change only (an LED does not need
+every percent), synchronously and with a short timeout, so its calls arrive in order; its failure
+never stops an update. The console gets one line per phase and per 10 % of a long step: enough for
+a technician watching a serial console, not a flood.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from usbupdater import log
+from usbupdater.agent.settings import AgentSettings
+from usbupdater.fsutil import atomic_write
+
+NOTIFY_TIMEOUT = 10.0
+_CONSOLE_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
+# Phases: what the agent is doing now. `result` says how a finished job ended.
+PHASES = (
+    "starting",
+    "idle",
+    "mounting",
+    "installing",
+    "restarting-engine",
+    "finishing",
+    "rebooting",
+    "reporting",
+    "safe-to-remove",
+)
+
+
+def iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) about readiness or status; a no-op outside systemd."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendto(message.encode(), addr)
+    except OSError:
+        pass
+
+
+class StatusBoard:
+    """The one place that says what the agent is doing; every write is atomic."""
+
+    def __init__(self, s: AgentSettings, clock: Callable[[], float] = time.time) -> None:
+        self.s = s
+        self.clock = clock
+        self._log = log.get_logger("status")
+        self.doc: dict[str, Any] = {}
+        self._console_mark: tuple[str, int] = ("", -1)
+
+    @property
+    def path(self) -> Path:
+        return self.s.status_file
+
+    def set(self, phase: str, message: str = "", **fields: Any) -> None:
+        """Move to `phase`; other keys (target, device, result, code, ...) are kept until reset."""
+        previous = self.doc.get("phase")
+        doc = dict(self.doc)
+        doc.update(fields)
+        doc.update(phase=phase, message=message, time=iso(self.clock()))
+        doc.setdefault("percent", None)
+        if phase != previous and "percent" not in fields:
+            doc["percent"] = None
+        doc["safe_to_remove"] = phase in ("idle", "safe-to-remove")
+        self.doc = doc
+        self._write()
+        if phase != previous:
+            self._notify()
+            sd_notify(f"STATUS={phase}: {message}"[:200])
+        self._console()
+
+    def progress(self, percent: Optional[float], message: str, step: str = "") -> None:
+        """A progress record from the core, inside the current phase."""
+        self.doc.update(
+            percent=None if percent is None else round(max(0.0, min(100.0, percent)), 1),
+            message=message or self.doc.get("message", ""),
+            step=step or self.doc.get("step"),
+            time=iso(self.clock()),
+        )
+        self._write()
+        self._console()
+
+    def reset(self, **fields: Any) -> None:
+        """Forget the previous job's fields (target, device, result, ...)."""
+        self.doc = {k: v for k, v in self.doc.items() if k in ("phase", "message")}
+        self.doc.update(fields)
+
+    def _write(self) -> None:
+        data = json.dumps(self.doc, indent=1, sort_keys=True).encode() + b"\n"
+        try:
+            atomic_write(self.path, data)
+        except OSError as exc:
+            self._log.warning("cannot write the status file", path=str(self.path), error=str(exc))
+
+    def _notify(self) -> None:
+        if not self.s.notify_command:
+            return
+        d = self.doc
+        env = dict(os.environ)
+        env.update(
+            USBUPDATER_PHASE=str(d.get("phase", "")),
+            USBUPDATER_MESSAGE=str(d.get("message", "")),
+            USBUPDATER_PERCENT="" if d.get("percent") is None else str(d["percent"]),
+            USBUPDATER_TARGET=str(d.get("target") or ""),
+            USBUPDATER_RESULT=str(d.get("result") or ""),
+            USBUPDATER_CODE="" if d.get("code") is None else str(d["code"]),
+            USBUPDATER_DEVICE=str(d.get("device") or ""),
+            USBUPDATER_SAFE_TO_REMOVE="1" if d.get("safe_to_remove") else "0",
+            USBUPDATER_STATUS_FILE=str(self.path),
+        )
+        argv = [*self.s.notify_command, env["USBUPDATER_PHASE"], env["USBUPDATER_MESSAGE"]]
+        try:
+            proc = subprocess.run(
+                argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=min(NOTIFY_TIMEOUT, self.s.command_timeout),
+                check=False,
+            )
+            if proc.returncode != 0:
+                self._log.warning("notify command failed", code=proc.returncode)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            self._log.warning("notify command failed", error=str(exc))
+
+    def _console(self) -> None:
+        if not self.s.console:
+            return
+        d = self.doc
+        phase = str(d.get("phase", ""))
+        pct = d.get("percent")
+        decile = -1 if pct is None else int(pct // 10)
+        if (phase, decile) == self._console_mark:
+            return
+        self._console_mark = (phase, decile)
+        shown = "" if pct is None else f" {pct:.0f}%"
+        line = f"usbupdater: {phase}{shown} {d.get('message', '')}".rstrip() + "\n"
+        try:
+            fd = os.open(
+                self.s.console,
+                os.O_WRONLY | os.O_APPEND | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC,
+            )
+        except OSError:
+            return
+        try:
+            os.write(fd, line.encode("utf-8", "replace"))
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
