@@ -77,7 +77,8 @@ def text(doc: dict[str, Any]) -> str:
 def file_stem(doc: dict[str, Any]) -> str:
     stamp = str(doc["finished"]).replace("-", "").replace(":", "")
     dev = doc["device"]
-    who = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{dev['hardware_id']}-{dev['serial'][:12]}")
+    who = f"{dev['hardware_id']}-{dev['serial'][:12]}-{doc['result']}"
+    who = re.sub(r"[^A-Za-z0-9_.-]", "_", who)
     return f"{stamp}-{who}".strip("-")
 
 

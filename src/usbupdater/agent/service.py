@@ -101,7 +101,7 @@ class Service:
             for ev in self.watcher.coldplug():
                 self.events.put(ev)
             sd_notify("READY=1")
-            if not self.hold:
+            if self.status.doc.get("phase") == "starting":
                 self.status.set("idle", "waiting for a USB stick")
             self._loop()
         finally:
@@ -224,6 +224,7 @@ class Service:
     def handle(self, job: Job) -> bool:
         """Mount, install, act on the codes; True when a reboot is under way."""
         stick = job.stick
+        shown = dict(self.status.doc)  # how the last update ended, kept if nothing new happens
         self.status.reset(device=stick.devnode, stick=stick.describe(), waiting=self._waiting())
         self.status.set("mounting", f"reading {stick.devnode}")
         try:
@@ -243,6 +244,10 @@ class Service:
         if seen is not None and stick.fs_uuid not in self.removed_uuids:
             self._log.info("bundle already handled", device=stick.devnode, **seen)
             self._unmount(job)
+            if shown.get("phase") == "safe-to-remove":  # keep showing how that update ended
+                self.status.doc = shown
+                self.status.set("safe-to-remove", str(shown.get("message", "")))
+                return False
             self.status.set(
                 "idle",
                 f"{stick.devnode}: this bundle was handled at {seen.get('time')} "
