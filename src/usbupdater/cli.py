@@ -68,9 +68,18 @@ def cmd_current(args: argparse.Namespace) -> int:
     print(f"Target: {cur.name}")
     print(f"Version: {cur.version}")
     print(f"Ostree hash: {cur.sha256}")
+    # Every app of the target; "on" for those this device runs ([pacman] compose_apps and
+    # fetched-apps shortlists decide), "off" for the others.
+    listed = cur.custom.get("docker_compose_apps")
+    apps = (
+        {a: str(v.get("uri", "")) for a, v in listed.items() if isinstance(v, dict)}
+        if (isinstance(listed, dict))
+        else {}
+    )
+    apps.update(cur.apps)
     print("Apps:")
-    for app, uri in sorted(cur.apps.items()):
-        print(f"\t{app} -> {uri}")
+    for app, uri in sorted(apps.items()):
+        print(f"\t({'on' if app in cur.apps else 'off'}) {app} -> {uri}")
     if st.pending is not None:
         print(f"Pending: {st.pending.target.name} (call `usbupdater run` to finish it)")
     return int(ExitCode.OK)

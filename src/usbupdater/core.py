@@ -15,6 +15,8 @@ history entries carry the installation's id so a re-run never writes one twice.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -153,6 +155,20 @@ def _history(
             "message": message,
         }
     )
+
+
+def transaction_id(
+    target: TargetRecord, previous: Optional[TargetRecord], targets_version: int
+) -> str:
+    """The same installation gets the same id, so a re-run after a kill is recognised."""
+    key = [
+        target.name,
+        target.sha256,
+        sorted(target.apps.items()),
+        previous.name if previous else None,
+        targets_version,
+    ]
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]
 
 
 def write_current_target(path: Path, target: TargetRecord) -> None:
@@ -297,7 +313,7 @@ def _apply(
         bl.update_notify()  # bootcount=0, upgrade_available=1, rollback=0
         dev.sentinel.set()
     ci.session.commit()
-    txn = uuid.uuid4().hex
+    txn = transaction_id(target, current, ci.trusted.targets_version)
     pending = PendingInstall(target, current, rootfs_changed, txn, _utcnow())
     code = decisions.install_code(rootfs_changed)
     message = (
@@ -307,10 +323,10 @@ def _apply(
         "`usbupdater run`"
     )
     outcome = Outcome(code, message, t.name)
-    new_state = replace(state, pending=pending)
-    _finish(dev, new_state, "install", outcome)  # COMMIT POINT of install: the pending record
+    # History first (its id makes a re-run after a kill write it once), then the state.
     _history(dev, f"{txn}/install", "install", target, code, "installed", message)
-    return outcome
+    new_state = replace(state, pending=pending)
+    return _finish(dev, new_state, "install", outcome)  # COMMIT POINT of install
 
 
 # --- run ---------------------------------------------------------------------------------------
@@ -375,11 +391,10 @@ def _start_target(
     message = f"{verb} {t.name}" + ("; an optional reboot confirms the boot firmware" if fw else "")
     write_current_target(dev.cfg.current_target_file, t)
     outcome = Outcome(code, message, t.name)
+    outcome_name = "rolled-back" if p.rollback_of else "updated"
+    _history(dev, f"{p.txn}/run", "run", t, code, outcome_name, message)
     new_state = DeviceState(current=t, pending=None, last_result=state.last_result)
-    _finish(dev, new_state, "run", outcome)  # COMMIT POINT of run: target current
-    _history(
-        dev, f"{p.txn}/run", "run", t, code, "rolled-back" if p.rollback_of else "updated", message
-    )
+    _finish(dev, new_state, "run", outcome)  # COMMIT POINT of run: the target is current
     _after_success_cleanup(dev, t)
     return outcome
 
