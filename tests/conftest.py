@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,3 +22,15 @@ def device_config(tmp_path: Path) -> Path:
         f'lock_path = "{tmp_path / "aklite.lock"}"\n'
     )
     return cfg
+
+
+@pytest.fixture(scope="session")
+def dockerd() -> Iterator[object]:
+    """One private engine for the whole test session (stopped and removed even on failure)."""
+    assert shutil.which("dockerd") and shutil.which("docker-compose"), (
+        "dockerd and docker-compose are needed: run `make test`, which installs them"
+    )
+    from usbupdater.sim.dockerd import PrivateDockerd
+
+    with PrivateDockerd() as d:
+        yield d

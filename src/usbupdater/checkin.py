@@ -8,12 +8,12 @@ agree on what would be installed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Optional
 
-from usbupdater.apps.verify import VerifiedApp, verify_apps
+from usbupdater.apps.verify import BlobSource, VerifiedApp, verify_apps
 from usbupdater.bundle import Bundle
 from usbupdater.config import Config
 from usbupdater.errors import ExitCode, UpdaterError
@@ -24,10 +24,14 @@ from usbupdater.selection import (
     DeviceFacts,
     Selection,
     Stage,
+    required_apps,
     select_target,
 )
-from usbupdater.state import DeviceState
+from usbupdater.state import DeviceState, TargetRecord
+from usbupdater.target import InvalidTargetError, Target, parse_target
 from usbupdater.trust import TrustedMetadata, TrustSession
+
+INITIAL_TARGET = "initial-target"
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class CheckIn:
     session: TrustSession  # `install` commits it once the device accepted the update
     apps: Mapping[str, VerifiedApp] = field(default_factory=dict)  # the selected target's
     content_error: Optional[UpdaterError] = None  # 8 or 80 from the app content
+    initial: Optional[TargetRecord] = None  # what a never-updated device runs (see initial_target)
 
     @property
     def error(self) -> Optional[UpdaterError]:
@@ -77,6 +82,45 @@ def device_facts(
     )
 
 
+def initial_target(
+    targets: Mapping[str, Mapping[str, Any]],
+    device: DeviceFacts,
+    booted: str,
+    app_installed: Optional[Callable[[str, str], bool]] = None,
+) -> TargetRecord:
+    """What a device that was flashed and never updated runs: the signed target whose commit
+    it booted, with those of its required apps the device has installed (preloaded), else an
+    unnamed target whose apps are unknown (a rollback to it restores the rootfs only: 110)."""
+    matches = []
+    for name, entry in targets.items():
+        try:
+            t = parse_target(name, entry)
+        except InvalidTargetError:
+            continue
+        if t.sha256 == booted and device.hardware_id in t.hardware_ids:
+            matches.append(t)
+    if matches:
+        # Several targets may share a commit (apps-only updates came later): the one whose apps
+        # the device has is the one it runs; else the first one built from that commit.
+        def installed(t: Target) -> dict[str, str]:
+            apps, _ = required_apps(t, device)
+            if app_installed is None:
+                return apps
+            return {a: u for a, u in apps.items() if app_installed(a, u)}
+
+        def score(t: Target) -> tuple[bool, int, int]:
+            have, need = installed(t), required_apps(t, device)[0]
+            return (len(have) == len(need), len(have), -t.version)
+
+        t = max(matches, key=score)
+        apps = installed(t)
+        return TargetRecord(
+            t.name, t.version, t.sha256, apps, {**t.custom, "usbupdater-initial": True}
+        )
+    custom = {"usbupdater-initial": True, "usbupdater-apps-unknown": True}
+    return TargetRecord(INITIAL_TARGET, 0, booted, {}, custom)
+
+
 def check_in(
     cfg: Config,
     bundle: Bundle,
@@ -85,20 +129,37 @@ def check_in(
     target_name: Optional[str] = None,
     force: bool = False,
     now: Optional[datetime] = None,
+    blobs: Optional[BlobSource] = None,
+    booted: Optional[str] = None,
+    app_installed: Optional[Callable[[str, str], bool]] = None,
 ) -> CheckIn:
-    """Verify trust (raises 11/12/14/15), select, and verify the selected target's apps."""
+    """Verify trust (raises 11/12/14/15), select, and verify the selected target's apps.
+
+    `blobs` is where app blobs are read (default: the bundle); `install` passes a source that
+    copies them into the device store as they are verified. `booted` (the booted commit) lets
+    a device without a recorded current target know its initial one.
+    """
     session = TrustSession.from_config(cfg, bundle.path / "tuf", now)
     trusted = session.verify()
+    initial = None
+    if device.current is None and booted:
+        initial = initial_target(trusted.targets, device, booted, app_installed)
+        device = replace(
+            device,
+            current=CurrentTarget(
+                initial.name, initial.version, initial.sha256, dict(initial.apps)
+            ),
+        )
     names = trusted.bundle_targets.targets if trusted.bundle_targets else None
     selection = select_target(trusted.targets, names, device, bundle, target_name, force)
-    result = CheckIn(trusted, device, selection, session)
+    result = CheckIn(trusted, device, selection, session, initial=initial)
     chosen = selection.selected
     if selection.error is None and chosen is not None and selection.action is Action.INSTALL:
         try:
-            apps = verify_apps(bundle, chosen.apps, machine_arch())
+            apps = verify_apps(blobs or bundle, chosen.apps, machine_arch())
         except UpdaterError as exc:
-            return CheckIn(trusted, device, selection, session, {}, exc)
-        return CheckIn(trusted, device, selection, session, apps)
+            return replace(result, content_error=exc)
+        return replace(result, apps=apps)
     return result
 
 

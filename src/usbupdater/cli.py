@@ -68,9 +68,18 @@ def cmd_current(args: argparse.Namespace) -> int:
     print(f"Target: {cur.name}")
     print(f"Version: {cur.version}")
     print(f"Ostree hash: {cur.sha256}")
+    # Every app of the target; "on" for those this device runs ([pacman] compose_apps and
+    # fetched-apps shortlists decide), "off" for the others.
+    listed = cur.custom.get("docker_compose_apps")
+    apps = (
+        {a: str(v.get("uri", "")) for a, v in listed.items() if isinstance(v, dict)}
+        if (isinstance(listed, dict))
+        else {}
+    )
+    apps.update(cur.apps)
     print("Apps:")
-    for app, uri in sorted(cur.apps.items()):
-        print(f"\t{app} -> {uri}")
+    for app, uri in sorted(apps.items()):
+        print(f"\t({'on' if app in cur.apps else 'off'}) {app} -> {uri}")
     if st.pending is not None:
         print(f"Pending: {st.pending.target.name} (call `usbupdater run` to finish it)")
     return int(ExitCode.OK)
@@ -99,16 +108,42 @@ def cmd_check(args: argparse.Namespace) -> int:
     """Verify a bundle against this device and show every target; change nothing."""
     from usbupdater.bundle import Bundle
     from usbupdater.checkin import check_in, describe, device_facts, failed_targets, format_text
+    from usbupdater.core import Device, booted_or_none
     from usbupdater.state import StateStore
 
     cfg = _load_config(args)
     store = StateStore(cfg.state_dir)
     facts = device_facts(cfg, store.load(), failed_targets(store.history()))
+    dev = Device(cfg)
+    booted = booted_or_none(dev, quiet=True)
+    installed = dev.app_store.has_app_version if cfg.pacman.apps_enabled else None
     with Bundle.open(args.src_dir) as bundle:
-        result = check_in(cfg, bundle, facts)
+        result = check_in(cfg, bundle, facts, booted=booted, app_installed=installed)
     doc = describe(result)
     print(json.dumps(doc, indent=2) if args.json else format_text(doc))
     return int(result.code)
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    """Verify the bundle and install its target (rootfs and/or apps); see the exit codes."""
+    from pathlib import Path
+
+    from usbupdater import core
+
+    outcome = core.install(
+        _load_config(args), Path(args.src_dir), target_name=args.target, force=args.force
+    )
+    print(outcome.message)
+    return int(outcome.code)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Finish the pending installation after the reboot (or engine restart)."""
+    from usbupdater import core
+
+    outcome = core.run(_load_config(args))
+    print(outcome.message)
+    return int(outcome.code)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -144,6 +179,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-s", "--src-dir", required=True, metavar="DIR", help="the bundle directory")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p = add(
+        "install",
+        cmd_install,
+        "install the newest (or the named) target of a bundle; exit 100: reboot then run, "
+        "101: restart the Docker engine then run, 0: nothing to do, 90: reboot first",
+    )
+    p.add_argument("-s", "--src-dir", required=True, metavar="DIR", help="the bundle directory")
+    p.add_argument("-t", "--target", metavar="NAME", help="install this target, not the newest")
+    p.add_argument("-f", "--force", action="store_true", help="allow a downgrade or a retry")
+    add(
+        "run",
+        cmd_run,
+        "finish the pending installation after the reboot: start the apps, confirm or roll back",
+    )
     add("current", cmd_current, "show the target the device runs")
     p = add("status", cmd_status, "show current and pending targets and the last result")
     p.add_argument("--json", action="store_true", help="print the state as JSON")

@@ -70,6 +70,7 @@ class PendingInstall:
     reboot_required: bool  # a new rootfs was deployed
     txn: str  # identifies this installation (history entries carry it, so none is written twice)
     installed_at: str = ""
+    rollback_of: Optional[str] = None  # set when this installation rolls back a failed target
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -78,6 +79,7 @@ class PendingInstall:
             "reboot_required": self.reboot_required,
             "txn": self.txn,
             "installed_at": self.installed_at,
+            "rollback_of": self.rollback_of,
         }
 
     @classmethod
@@ -89,6 +91,7 @@ class PendingInstall:
             reboot_required=_typed(d, "reboot_required", bool),
             txn=_typed(d, "txn", str),
             installed_at=str(d.get("installed_at", "")),
+            rollback_of=d["rollback_of"] if isinstance(d.get("rollback_of"), str) else None,
         )
 
 

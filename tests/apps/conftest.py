@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from usbupdater.apps.store import AppContent, Blob, ServiceImage
 from usbupdater.sim.apps import WrittenApp, blob_path
@@ -34,14 +30,3 @@ def content_of(apps_dir: Path, w: WrittenApp) -> AppContent:
             for i in w.images.values()
         ),
     )
-
-
-@pytest.fixture(scope="session")
-def dockerd() -> Iterator[object]:
-    """One private engine for the whole session (stopped and removed even when tests fail)."""
-    if not shutil.which("dockerd") or not shutil.which("docker-compose"):
-        pytest.skip("dockerd and docker-compose are needed")
-    from usbupdater.sim.dockerd import PrivateDockerd
-
-    with PrivateDockerd() as d:
-        yield d

@@ -51,7 +51,7 @@ def test_current_and_status_show_state(device_config: Path, tmp_path: Path) -> N
     r = run("-c", str(device_config), "current")
     assert r.returncode == 0, r.stderr
     assert "Target: rpi-1" in r.stdout and "Ostree hash: " + "a" * 64 in r.stdout
-    assert "shellhttpd -> hub.foundries.io" in r.stdout and "Pending: rpi-2" in r.stdout
+    assert "(on) shellhttpd -> hub.foundries.io" in r.stdout and "Pending: rpi-2" in r.stdout
     r = run("-c", str(device_config), "status", "--json")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)

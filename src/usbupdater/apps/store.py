@@ -375,6 +375,14 @@ class AppStore:
                 raise ContentMissingError(f"app {name}: blob {b.digest} is not in the app store")
         return app
 
+    def has_app_version(self, name: str, uri: str) -> bool:
+        """Whether `load_app(name, uri)` would succeed (recorded and every blob present)."""
+        try:
+            self.load_app(name, uri)
+        except (ContentMissingError, VerificationError):
+            return False
+        return True
+
     def stored_apps(self) -> list[tuple[str, str]]:
         """(name, uri) of every complete app version in the store."""
         found = []
@@ -427,8 +435,9 @@ class _TeeReader(io.RawIOBase):
     """Reads a stick blob for the verifier and writes the same bytes to a store temp file; on
     close the temp file becomes the blob only if what was read hashes to the blob's digest."""
 
-    def __init__(self, src: BinaryIO, store: AppStore, hexdigest: str) -> None:
+    def __init__(self, src: BinaryIO, store: AppStore, hexdigest: str, created: list[str]) -> None:
         self._src, self._store, self._hex = src, store, hexdigest
+        self._created = created
         self._tmp = store.blob_dir / f"{_TMP_PREFIX}{hexdigest}.{os.getpid()}.{next(_counter)}"
         self._out = open(self._tmp, "wb")  # noqa: SIM115 - closed in close()
         self._sha = hashlib.sha256()
@@ -461,6 +470,7 @@ class _TeeReader(io.RawIOBase):
             self._out.close()
             if complete:
                 os.replace(self._tmp, self._store.blob_dir / self._hex)
+                self._created.append(self._hex)
             else:
                 self._tmp.unlink(missing_ok=True)
         finally:
@@ -479,7 +489,16 @@ class CopyingSource:
     def __init__(self, source: Union[BlobSource, PathLike], store: AppStore) -> None:
         self.source = as_source(source)
         self.store = store
+        self.created: list[str] = []  # hex digests this source added to the store
         makedirs_durable(store.blob_dir)
+
+    def discard_created(self) -> None:
+        """Remove the blobs this source added (an install that is refused changes nothing)."""
+        for hexdigest in self.created:
+            (self.store.blob_dir / hexdigest).unlink(missing_ok=True)
+        if self.created:
+            fsync_dir(self.store.blob_dir)
+        self.created.clear()
 
     def open_blob(self, hexdigest: str, max_size: int) -> BinaryIO:
         if not _HEX.match(hexdigest):
@@ -488,7 +507,7 @@ class CopyingSource:
         if path.is_file() and not path.is_symlink() and path.stat().st_size <= max_size:
             return open(path, "rb", buffering=0)
         src = self.source.open_blob(hexdigest, max_size)
-        return io.BufferedReader(_TeeReader(src, self.store, hexdigest), CHUNK)
+        return io.BufferedReader(_TeeReader(src, self.store, hexdigest, self.created), CHUNK)
 
 
 def find_app(apps: Iterable[AppContent], name: str) -> Optional[AppContent]:

@@ -1,0 +1,532 @@
+"""The updater core: `install` and `run`, aklite-offline's contract, returning exit codes.
+
+`install` checks in (trust, selection, app content), then changes the device: app blobs into
+the store (copied while they are verified, so the stick is read once), the rootfs pulled and
+deployed when the commit differs, the bootloader armed, and finally the pending record written.
+`run` completes it after the reboot (or the engine restart): it checks which rootfs booted,
+starts the apps, and confirms the target or rolls back.
+
+Crash safety: every step can be killed and re-run. Before its commit point a step leaves
+nothing the next run would misread (blobs are content-addressed, deploying the commit that is
+already the newest deployment is a no-op, a refused install removes the blobs it added); the
+commit point of each step is one atomic write of `state.json`, marked `COMMIT POINT` below, and
+history entries carry the installation's id so a re-run never writes one twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from usbupdater import decisions, fsutil, log
+from usbupdater.bootloader import Bootloader, RebootSentinel, make_bootloader
+from usbupdater.config import Config
+from usbupdater.decisions import AppsFailurePlan, Situation
+from usbupdater.errors import (
+    AdapterError,
+    ExitCode,
+    InstallPendingError,
+    NothingPendingError,
+    UpdaterError,
+)
+from usbupdater.lock import AkliteLock
+from usbupdater.rootfs import (
+    BootedCommitSource,
+    OstreeSysroot,
+    ProcCmdlineBootedCommit,
+    RecordedBootedCommit,
+)
+from usbupdater.state import DeviceState, LastResult, PendingInstall, StateStore, TargetRecord
+from usbupdater.state import utcnow as _utcnow
+
+if TYPE_CHECKING:
+    from usbupdater.apps.runner import AppsContext
+    from usbupdater.apps.store import AppStore
+    from usbupdater.checkin import CheckIn
+
+logger = log.get_logger("core")
+
+
+def progress(phase: str, message: str, percent: Optional[int] = None, **kw: Any) -> None:
+    """A progress record the automation (and a person reading the log) can follow."""
+    logger.info("progress", phase=phase, percent=percent, message=message, **kw)
+
+
+@dataclass
+class Outcome:
+    """What a command did: the exit code and a one-line message for people."""
+
+    code: ExitCode
+    message: str
+    target: Optional[str] = None
+
+
+class Device:
+    """The adapters of one device, built from configuration (the simulation plugs in here)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.state = StateStore(cfg.state_dir)
+        uu = cfg.table("usbupdater")
+        record = uu.get_opt_path("boot_record")
+        source: BootedCommitSource = (
+            RecordedBootedCommit(record) if record else ProcCmdlineBootedCommit(cfg.pacman.sysroot)
+        )
+        self.rootfs = OstreeSysroot(cfg.pacman.sysroot, cfg.pacman.os, booted_source=source)
+        self._env_file = uu.get_opt_path("bootloader_env_file")
+        self._tool_dir = uu.get_opt_path("bootloader_tool_dir")
+        self.sentinel = RebootSentinel.from_config(cfg.bootloader)
+
+    @cached_property
+    def bootloader(self) -> Bootloader:
+        return make_bootloader(
+            self.cfg.bootloader.rollback_mode, tool_dir=self._tool_dir, env_file=self._env_file
+        )
+
+    @cached_property
+    def app_store(self) -> AppStore:
+        from usbupdater.apps.store import AppStore
+
+        return AppStore(self.cfg.pacman.reset_apps_root)
+
+    @cached_property
+    def apps(self) -> AppsContext:
+        """The engine context; created only when apps are started (docker is imported then)."""
+        from usbupdater.apps.runner import AppsContext
+
+        ctx = AppsContext.from_config(self.cfg)
+        ctx.store = self.app_store
+        return ctx
+
+    def booted_commit(self) -> Optional[str]:
+        return self.rootfs.booted_commit()
+
+    def lock(self) -> AkliteLock:
+        return AkliteLock(self.cfg.usbupdater.lock_path)
+
+
+# --- shared helpers ----------------------------------------------------------------------------
+
+
+def record_of(
+    name: str, version: int, commit: str, apps: Mapping[str, str], custom: Any
+) -> TargetRecord:
+    return TargetRecord(name, version, commit, dict(apps), dict(custom or {}))
+
+
+def _finish(dev: Device, state: DeviceState, command: str, outcome: Outcome) -> Outcome:
+    """Record the outcome as the last result (the state's commit point of a finished step)."""
+    result = LastResult(command, int(outcome.code), outcome.message, outcome.target, _utcnow())
+    dev.state.save(replace(state, last_result=result))  # COMMIT POINT
+    progress(
+        "done",
+        outcome.message,
+        100 if outcome.code == ExitCode.OK else None,
+        code=int(outcome.code),
+    )
+    return outcome
+
+
+def _history(
+    dev: Device,
+    entry_id: str,
+    command: str,
+    target: Optional[TargetRecord],
+    code: ExitCode,
+    outcome: str,
+    message: str,
+) -> None:
+    dev.state.append_history(
+        {
+            "id": entry_id,
+            "command": command,
+            "target": target.name if target else None,
+            "version": target.version if target else None,
+            "sha256": target.sha256 if target else None,
+            "code": int(code),
+            "outcome": outcome,
+            "message": message,
+        }
+    )
+
+
+def transaction_id(
+    target: TargetRecord, previous: Optional[TargetRecord], targets_version: int
+) -> str:
+    """The same installation gets the same id, so a re-run after a kill is recognised."""
+    key = [
+        target.name,
+        target.sha256,
+        sorted(target.apps.items()),
+        previous.name if previous else None,
+        targets_version,
+    ]
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]
+
+
+def write_current_target(path: Path, target: TargetRecord) -> None:
+    """`/var/sota/current-target` in aktualizr-lite's shell-style format."""
+    lines = [f'TARGET_NAME="{target.name}"', f'CUSTOM_VERSION="{target.version}"']
+    for key, var in (
+        ("lmp-manifest-sha", "LMP_MANIFEST_SHA"),
+        ("meta-subscriber-overrides-sha", "META_SUBSCRIBER_OVERRIDES_SHA"),
+        ("containers-sha", "CONTAINERS_SHA"),
+    ):
+        value = target.custom.get(key)
+        if isinstance(value, str) and value:
+            lines.append(f'{var}="{value}"')
+    tags = target.custom.get("tags")
+    tag_list = [str(t) for t in tags] if isinstance(tags, list) else []
+    lines.append(f'TAG="{",".join(tag_list)}"')
+    fsutil.atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+# --- install -----------------------------------------------------------------------------------
+
+
+def install(
+    cfg: Config,
+    src: Path,
+    *,
+    target_name: Optional[str] = None,
+    force: bool = False,
+    now: Optional[datetime] = None,
+    device: Optional[Device] = None,
+) -> Outcome:
+    """aklite-offline `install`: 0 / 90 / 100 / 101, or raise the failure (device unchanged)."""
+    dev = device or Device(cfg)
+    with dev.lock():
+        state = dev.state.load()
+        if state.pending is not None:
+            raise InstallPendingError(
+                f"an installation of {state.pending.target.name} is pending; "
+                "call `usbupdater run` first (after a reboot when one was asked for)"
+            )
+        return _install_locked(dev, state, src, target_name, force, now)
+
+
+def _install_locked(
+    dev: Device,
+    state: DeviceState,
+    src: Path,
+    target_name: Optional[str],
+    force: bool,
+    now: Optional[datetime],
+) -> Outcome:
+    from usbupdater.apps.store import CopyingSource, content_from_verified
+    from usbupdater.bundle import Bundle
+    from usbupdater.checkin import check_in, device_facts, failed_targets
+
+    cfg = dev.cfg
+    booted = booted_or_none(dev)
+    facts = device_facts(cfg, state, failed_targets(dev.state.history()))
+    progress("verifying", f"verifying the bundle in {src}")
+    with Bundle.open(src) as bundle:
+        copying = CopyingSource(bundle, dev.app_store) if cfg.pacman.apps_enabled else None
+        try:
+            ci = check_in(
+                cfg,
+                bundle,
+                facts,
+                target_name=target_name,
+                force=force,
+                now=now,
+                blobs=copying,
+                booted=booted,
+                app_installed=dev.app_store.has_app_version if cfg.pacman.apps_enabled else None,
+            )
+            outcome = _apply(dev, state, ci, bundle, booted, copying, content_from_verified)
+        except BaseException:
+            if copying is not None:
+                copying.discard_created()  # a refused or failed install leaves no new blob
+            raise
+    return outcome
+
+
+def booted_or_none(dev: Device, *, quiet: bool = False) -> Optional[str]:
+    """The booted commit, or None (logged) when the sysroot cannot tell."""
+    try:
+        return dev.booted_commit()
+    except AdapterError as exc:
+        (logger.debug if quiet else logger.warning)(
+            "cannot tell the booted commit", reason=exc.reason
+        )
+        return None
+
+
+def _apply(
+    dev: Device,
+    state: DeviceState,
+    ci: CheckIn,
+    bundle: Any,
+    booted: Optional[str],
+    copying: Any,
+    content_from_verified: Any,
+) -> Outcome:
+    from usbupdater.selection import Action
+
+    cfg = dev.cfg
+    if ci.error is not None:
+        raise ci.error
+    cand, action = ci.selection.require()
+    t = cand.target
+    if action is Action.ALREADY_INSTALLED:
+        ci.session.commit()  # newer metadata is worth keeping: it raises the rollback floor
+        if copying is not None:
+            copying.discard_created()
+        return Outcome(ExitCode.OK, f"{t.name} is already installed", t.name)
+    current = state.current or ci.initial
+    rootfs_changed = t.sha256 != (booted or (current.sha256 if current else None))
+    bl = dev.bootloader
+    if decisions.boot_firmware_blocks(
+        rootfs_changed,
+        bl.supports_boot_firmware,
+        cfg.pacman.ostree_update_block,
+        rootfs_changed and bl.supports_boot_firmware and bl.boot_fw_update_pending(),
+    ):
+        if copying is not None:
+            copying.discard_created()
+        return Outcome(
+            ExitCode.BOOT_FIRMWARE,
+            "a boot firmware update waits for its confirming reboot: reboot, then install again",
+            t.name,
+        )
+    target = record_of(t.name, t.version, t.sha256, cand.apps, t.custom)
+    if ci.apps:
+        progress("copying-apps", f"storing {len(ci.apps)} app(s) on the device")
+        dev.app_store.add_apps(
+            copying or bundle, [content_from_verified(v) for v in ci.apps.values()]
+        )
+    if rootfs_changed:
+        if not dev.rootfs.has_commit(t.sha256):
+            progress("copying-rootfs", f"copying root filesystem {t.sha256[:12]} from the stick")
+            dev.rootfs.pull(bundle.ostree_repo, t.sha256)
+        progress("deploying", f"deploying {t.name}")
+        dev.rootfs.deploy(t.sha256)  # a no-op when a killed run already deployed it
+        bl.update_notify()  # bootcount=0, upgrade_available=1, rollback=0
+        dev.sentinel.set()
+    ci.session.commit()
+    txn = transaction_id(target, current, ci.trusted.targets_version)
+    pending = PendingInstall(target, current, rootfs_changed, txn, _utcnow())
+    code = decisions.install_code(rootfs_changed)
+    message = (
+        f"installed {t.name}: reboot, then call `usbupdater run`"
+        if rootfs_changed
+        else f"installed {t.name} (apps only): restart the Docker engine, then call "
+        "`usbupdater run`"
+    )
+    outcome = Outcome(code, message, t.name)
+    # History first (its id makes a re-run after a kill write it once), then the state.
+    _history(dev, f"{txn}/install", "install", target, code, "installed", message)
+    new_state = replace(state, pending=pending)
+    return _finish(dev, new_state, "install", outcome)  # COMMIT POINT of install
+
+
+# --- run ---------------------------------------------------------------------------------------
+
+
+def run(cfg: Config, *, device: Optional[Device] = None) -> Outcome:
+    """aklite-offline `run`: complete the pending installation; 0/90/99/100/110/120 or raise."""
+    dev = device or Device(cfg)
+    with dev.lock():
+        state = dev.state.load()
+        if state.pending is None:
+            raise NothingPendingError(
+                "nothing to finish: no installation is pending (call `usbupdater install` first)"
+            )
+        return _run_locked(dev, state, state.pending)
+
+
+def _run_locked(dev: Device, state: DeviceState, p: PendingInstall) -> Outcome:
+    booted = booted_or_none(dev)
+    rebooted = dev.sentinel.rebooted_since_set()
+    situation = decisions.run_situation(p, rebooted, booted)
+    logger.info(
+        "run", pending=p.target.name, booted=booted, rebooted=rebooted, situation=situation.value
+    )
+    if situation is Situation.NOT_REBOOTED:
+        return Outcome(
+            ExitCode.NEEDS_REBOOT,
+            f"{p.target.name} is installed but the device has not rebooted yet: reboot, then "
+            "call `usbupdater run` again",
+            p.target.name,
+        )
+    if situation is Situation.BOOT_ROLLED_BACK:
+        return _after_boot_rollback(dev, state, p, booted)
+    return _start_target(dev, state, p, booted)
+
+
+def _start_apps(dev: Device, apps: Mapping[str, str]) -> None:
+    if not dev.cfg.pacman.apps_enabled:
+        return
+    from usbupdater.apps.runner import run_apps
+
+    contents = [dev.app_store.load_app(n, u) for n, u in sorted(apps.items())]
+    run_apps(dev.apps, contents)
+
+
+def _start_target(
+    dev: Device, state: DeviceState, p: PendingInstall, booted: Optional[str]
+) -> Outcome:
+    t = p.target
+    progress("starting-apps", f"starting the apps of {t.name}")
+    try:
+        _start_apps(dev, t.apps)
+    except UpdaterError as exc:
+        return _after_apps_failure(dev, state, p, booted, exc)
+    # Success: the target becomes current.
+    bl = dev.bootloader
+    bl.set_boot_ok()  # bootcount=0, upgrade_available=0
+    dev.sentinel.clear()
+    fw = bl.supports_boot_firmware and bl.boot_fw_update_pending()
+    code = decisions.run_success_code(fw)
+    verb = "rolled back to" if p.rollback_of else "updated to"
+    message = f"{verb} {t.name}" + ("; an optional reboot confirms the boot firmware" if fw else "")
+    write_current_target(dev.cfg.current_target_file, t)
+    outcome = Outcome(code, message, t.name)
+    outcome_name = "rolled-back" if p.rollback_of else "updated"
+    _history(dev, f"{p.txn}/run", "run", t, code, outcome_name, message)
+    new_state = DeviceState(current=t, pending=None, last_result=state.last_result)
+    _finish(dev, new_state, "run", outcome)  # COMMIT POINT of run: the target is current
+    _after_success_cleanup(dev, t)
+    return outcome
+
+
+def _after_success_cleanup(dev: Device, target: TargetRecord) -> None:
+    """Prune what no target needs any more; failures here never undo the update."""
+    from usbupdater.trust import advance_time_floor, store_dir
+
+    try:
+        advance_time_floor(store_dir(dev.cfg), datetime.now(timezone.utc))
+        if dev.cfg.pacman.apps_enabled:
+            dev.app_store.prune(sorted(target.apps.items()))
+    except (UpdaterError, OSError) as exc:
+        logger.warning("clean-up after the update failed", reason=str(exc))
+
+
+def _failed(dev: Device, p: PendingInstall, code: ExitCode, message: str) -> None:
+    """Remember that the pending target failed (it is not installed again unless forced)."""
+    failed = p.target if not p.rollback_of else None
+    if failed is not None:
+        _history(dev, f"{p.txn}/run", "run", failed, code, "failed", message)
+
+
+def _after_boot_rollback(
+    dev: Device, state: DeviceState, p: PendingInstall, booted: Optional[str]
+) -> Outcome:
+    """The bootloader did not boot the new rootfs: make the old one the default again."""
+    prev = p.previous
+    progress("rolling-back", f"{p.target.name} did not boot; back on the previous version")
+    if booted is not None:
+        dev.rootfs.rollback_to(booted)  # drops the failed deployment; no reboot needed
+    dev.bootloader.set_boot_ok()
+    dev.sentinel.clear()
+    restored = False
+    if decisions.apps_known(prev):
+        assert prev is not None
+        try:
+            _start_apps(dev, prev.apps)
+            restored = True
+        except UpdaterError as exc:
+            logger.error("restoring the previous apps failed", reason=exc.reason)
+    code = decisions.boot_rollback_code(prev, restored)
+    what = prev.name if prev else "the previous version"
+    message = {
+        ExitCode.ROLLED_BACK: f"{p.target.name} failed to boot; rolled back to {what}",
+        ExitCode.ROLLED_BACK_UNKNOWN_APPS: f"{p.target.name} failed to boot; rolled back to "
+        f"{what}, whose apps are unknown",
+        ExitCode.NO_ROLLBACK_TARGET: f"{p.target.name} failed to boot; rolled back to {what} but "
+        "its apps did not start",
+    }[code]
+    current = prev if prev is not None and booted == prev.sha256 else state.current
+    _failed(dev, p, code, message)
+    outcome = Outcome(code, message, p.target.name)
+    _finish(
+        dev,
+        DeviceState(current=current, pending=None, last_result=state.last_result),
+        "run",
+        outcome,
+    )  # COMMIT POINT
+    return outcome
+
+
+def _after_apps_failure(
+    dev: Device, state: DeviceState, p: PendingInstall, booted: Optional[str], exc: UpdaterError
+) -> Outcome:
+    """The new target's apps did not start: go back to the last good target."""
+    prev = p.previous
+    logger.error("apps failed to start", target=p.target.name, reason=exc.reason)
+    if p.rollback_of:  # the rollback target's own apps failed: nothing left to try
+        outcome = Outcome(
+            ExitCode.NO_ROLLBACK_TARGET,
+            f"rolling back to {p.target.name} failed too: {exc.reason}",
+            p.target.name,
+        )
+        return _finish(
+            dev,
+            DeviceState(current=None, pending=None, last_result=state.last_result),
+            "run",
+            outcome,
+        )
+    # An initial target whose apps are unknown is no rollback target (aktualizr-lite: 120).
+    plan = decisions.apps_failure_plan(prev if decisions.apps_known(prev) else None, booted)
+    why = f"apps of {p.target.name} failed: {exc.reason}"
+    _failed(dev, p, ExitCode.NEEDS_REBOOT, why)
+    if plan is AppsFailurePlan.NO_TARGET:
+        outcome = Outcome(
+            ExitCode.NO_ROLLBACK_TARGET, f"{why}; no rollback target is known", p.target.name
+        )
+        return _finish(
+            dev,
+            DeviceState(current=None, pending=None, last_result=state.last_result),
+            "run",
+            outcome,
+        )
+    assert prev is not None
+    if plan is AppsFailurePlan.REDEPLOY:
+        progress("rolling-back", f"{why}; redeploying {prev.name}")
+        dev.rootfs.rollback_to(prev.sha256)
+        dev.bootloader.update_notify()
+        dev.sentinel.set()
+        rollback = PendingInstall(
+            prev, None, True, uuid.uuid4().hex, _utcnow(), rollback_of=p.target.name
+        )
+        outcome = Outcome(
+            ExitCode.NEEDS_REBOOT,
+            f"{why}; rolling back to {prev.name}: reboot, then call `usbupdater run` again",
+            p.target.name,
+        )
+        return _finish(
+            dev,
+            DeviceState(current=None, pending=rollback, last_result=state.last_result),
+            "run",
+            outcome,
+        )
+    progress("rolling-back", f"{why}; restarting the apps of {prev.name}")
+    try:
+        _start_apps(dev, prev.apps)
+    except UpdaterError as exc2:
+        outcome = Outcome(
+            ExitCode.NO_ROLLBACK_TARGET,
+            f"{why}; restoring {prev.name} failed too: {exc2.reason}",
+            p.target.name,
+        )
+        return _finish(
+            dev,
+            DeviceState(current=None, pending=None, last_result=state.last_result),
+            "run",
+            outcome,
+        )
+    dev.bootloader.set_boot_ok()
+    write_current_target(dev.cfg.current_target_file, prev)
+    outcome = Outcome(ExitCode.ROLLED_BACK, f"{why}; rolled back to {prev.name}", p.target.name)
+    return _finish(
+        dev, DeviceState(current=prev, pending=None, last_result=state.last_result), "run", outcome
+    )
