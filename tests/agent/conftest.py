@@ -131,8 +131,8 @@ def wait_for(pred: Callable[[], Any], timeout: float = 30, what: str = "conditio
 class Agent:
     """`python -m usbupdater watch -c CFG` in a process group of its own."""
 
-    def __init__(self, cfg: Path, status: Path, log: Path) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: Path | list[Path], status: Path, log: Path) -> None:
+        self.cfgs = cfg if isinstance(cfg, list) else [cfg]
         self.status_file = status
         self.log = log
         self.proc: Optional[subprocess.Popen[bytes]] = None
@@ -141,7 +141,8 @@ class Agent:
         assert self.proc is None or self.proc.poll() is not None
         with open(self.log, "ab") as fh:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "usbupdater", "watch", "-c", str(self.cfg)],
+                [sys.executable, "-m", "usbupdater", "watch"]
+                + [a for c in self.cfgs for a in ("-c", str(c))],
                 stdout=fh,
                 stderr=fh,
                 stdin=subprocess.DEVNULL,

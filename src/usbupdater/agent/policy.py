@@ -74,6 +74,8 @@ def after_install(code: Optional[int], reason: str = "") -> Decision:
         )
     if code == 101:
         return Decision("engine", "", "apps installed; restarting the Docker engine")
+    if code == 30:  # e.g. an install the service was killed in: `run` says what it needs next
+        return Decision("run", "", "an installation is pending; finishing it first")
     return _failed(code, reason)
 
 
