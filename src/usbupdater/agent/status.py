@@ -22,7 +22,7 @@ from usbupdater.agent.settings import AgentSettings
 from usbupdater.fsutil import atomic_write
 
 NOTIFY_TIMEOUT = 10.0
-_CONSOLE_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
+_CONSOLE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
 # Phases: what the agent is doing now. `result` says how a finished job ended.
 PHASES = (
     "starting",

@@ -1,0 +1,113 @@
+"""The udev rule and the systemd unit we ship: linted by the real tools.
+
+`systemd-analyze verify` refuses a unit whose ExecStart binary does not exist, and the shipped
+unit names `/usr/bin/usbupdater` (where a device package installs it), so the test verifies a copy
+whose ExecStart points at this checkout's entry point; nothing else is changed. Both tools exit 0
+on mere warnings, so their output is searched as well. `udevadm test` applies the rules to a loop
+device holding ext4; an extra rule sets `ID_BUS=usb` for that one device, because a loop device is
+not on USB.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+UNIT = ROOT / "systemd" / "usbupdater.service"
+RULE = ROOT / "udev" / "90-usbupdater.rules"
+RULES_D = Path("/etc/udev/rules.d")
+
+
+def test_systemd_analyze_verify(tmp_path: Path) -> None:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze missing")
+    entry = Path(sys.executable).parent / "usbupdater"
+    assert entry.exists()
+    text = UNIT.read_text()
+    assert "ExecStart=/usr/bin/usbupdater watch" in text
+    unit = tmp_path / "usbupdater.service"
+    unit.write_text(text.replace("/usr/bin/usbupdater", str(entry)))
+    p = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out
+    assert "usbupdater.service" not in out, out  # no warning about our unit (unknown keys, ...)
+
+
+def test_unit_policy() -> None:
+    text = UNIT.read_text()
+    for line in (
+        "After=docker.service",
+        "Before=aktualizr-lite.service",
+        "Type=notify",
+        "Restart=on-failure",
+        "KillMode=mixed",
+        "WantedBy=multi-user.target",
+    ):
+        assert line in text, line
+
+
+def test_rule_never_runs_the_update() -> None:
+    rules = [line for line in RULE.read_text().splitlines() if not line.lstrip().startswith("#")]
+    assert rules and not [line for line in rules if "RUN" in line]
+
+
+@pytest.fixture
+def loop_ext4(tmp_path: Path) -> Iterator[str]:
+    if shutil.which("udevadm") is None or shutil.which("losetup") is None:
+        pytest.skip("udevadm and losetup are needed")
+    img = tmp_path / "stick.img"
+    subprocess.run(["mkfs.ext4", "-q", str(img), "8M"], check=True, capture_output=True)
+    dev = subprocess.run(
+        ["losetup", "-f", "--show", str(img)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    try:
+        yield Path(dev).name
+    finally:
+        subprocess.run(["losetup", "-d", dev], capture_output=True)
+
+
+def udevadm_test(name: str) -> str:
+    p = subprocess.run(
+        ["udevadm", "test", "--action=add", f"/sys/class/block/{name}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 0, p.stderr
+    return p.stdout + p.stderr
+
+
+@pytest.mark.integration
+def test_udevadm_test_applies_the_rule(loop_ext4: str) -> None:
+    installed = RULES_D / RULE.name
+    helper = RULES_D / f"89-usbupdater-test-{secrets.token_hex(3)}.rules"
+    if installed.exists():
+        pytest.skip(f"{installed} exists; not overwriting it")
+    try:
+        shutil.copy(RULE, installed)
+        out = udevadm_test(loop_ext4)  # a loop device: not on USB, so not a candidate
+        assert "USBUPDATER_CANDIDATE=1" not in out
+        helper.write_text(f'KERNEL=="{loop_ext4}", ENV{{ID_BUS}}="usb"\n')
+        out = udevadm_test(loop_ext4)
+    finally:
+        installed.unlink(missing_ok=True)
+        helper.unlink(missing_ok=True)
+    assert f"Reading rules file: {installed}" in out
+    assert "ID_FS_USAGE=filesystem" in out
+    assert "USBUPDATER_CANDIDATE=1" in out
+    assert "SYSTEMD_WANTS=usbupdater.service" in out
+    bad = [
+        line
+        for line in out.splitlines()
+        if RULE.name in line and ("error" in line.lower() or "invalid" in line.lower())
+    ]
+    assert not bad, bad
