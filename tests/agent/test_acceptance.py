@@ -9,6 +9,7 @@ import json
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -270,7 +271,7 @@ def test_stick_removed_during_install(bench: Any, tmp_path: Path) -> None:
         tmp_path / "updater.sh",
         f'if [ "$1" = install ]; then touch {gate}/started; '
         f"while [ ! -e {gate}/go ]; do sleep 0.05; done; fi\n"
-        f'exec {shutil.which("python3") and __import__("sys").executable} -m usbupdater "$@"\n',
+        f'exec {sys.executable} -m usbupdater "$@"\n',
     )
     b = bench(f'updater_command = "{wrapper}"\n')
     before = b.rig.snapshot()

@@ -22,7 +22,9 @@ from usbupdater.agent.settings import AgentSettings
 from usbupdater.fsutil import atomic_write
 
 NOTIFY_TIMEOUT = 10.0
-_CONSOLE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
+# O_CREAT: the console may be a log file; /dev/console always exists.
+_CONSOLE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOCTTY | os.O_NONBLOCK
+_CONSOLE_FLAGS |= os.O_CLOEXEC
 # Phases: what the agent is doing now. `result` says how a finished job ended.
 PHASES = (
     "starting",
@@ -153,10 +155,7 @@ class StatusBoard:
         shown = "" if pct is None else f" {pct:.0f}%"
         line = f"usbupdater: {phase}{shown} {d.get('message', '')}".rstrip() + "\n"
         try:
-            fd = os.open(
-                self.s.console,
-                os.O_WRONLY | os.O_APPEND | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC,
-            )
+            fd = os.open(self.s.console, _CONSOLE_FLAGS, 0o644)
         except OSError:
             return
         try:
