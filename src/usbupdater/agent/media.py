@@ -16,6 +16,7 @@ import json
 import os
 import re
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -105,7 +106,9 @@ class Media:
             device=stick.devnode,
             mountpoint=str(point),
         )
+        t0 = time.monotonic()
         proc = self._run(argv)
+        seconds = round(time.monotonic() - t0, 4)
         if proc.returncode != 0:
             _rmdir(point)
             why = (proc.stderr or proc.stdout).strip().splitlines()
@@ -113,7 +116,9 @@ class Media:
                 f"cannot mount {stick.devnode} ({stick.fs_type}): "
                 f"{why[-1] if why else f'{argv[0]} exited {proc.returncode}'}"
             )
-        self._log.info("mounted", device=stick.devnode, mountpoint=str(point), rw=rw)
+        self._log.info(
+            "mounted", device=stick.devnode, mountpoint=str(point), rw=rw, seconds=seconds
+        )
         return point
 
     def unmount(self, point: Path) -> bool:
