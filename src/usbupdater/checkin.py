@@ -121,7 +121,7 @@ def initial_target(
     return TargetRecord(INITIAL_TARGET, 0, booted, {}, custom)
 
 
-def check_in(
+def select(
     cfg: Config,
     bundle: Bundle,
     device: DeviceFacts,
@@ -129,15 +129,13 @@ def check_in(
     target_name: Optional[str] = None,
     force: bool = False,
     now: Optional[datetime] = None,
-    blobs: Optional[BlobSource] = None,
     booted: Optional[str] = None,
     app_installed: Optional[Callable[[str, str], bool]] = None,
 ) -> CheckIn:
-    """Verify trust (raises 11/12/14/15), select, and verify the selected target's apps.
+    """Verify trust (raises 11/12/14/15) and select; app content is not read yet.
 
-    `blobs` is where app blobs are read (default: the bundle); `install` passes a source that
-    copies them into the device store as they are verified. `booted` (the booted commit) lets
-    a device without a recorded current target know its initial one.
+    `booted` (the booted commit) lets a device without a recorded current target know its
+    initial one; `app_installed` tells which of its apps it has.
     """
     session = TrustSession.from_config(cfg, bundle.path / "tuf", now)
     trusted = session.verify()
@@ -152,15 +150,49 @@ def check_in(
         )
     names = trusted.bundle_targets.targets if trusted.bundle_targets else None
     selection = select_target(trusted.targets, names, device, bundle, target_name, force)
-    result = CheckIn(trusted, device, selection, session, initial=initial)
-    chosen = selection.selected
-    if selection.error is None and chosen is not None and selection.action is Action.INSTALL:
-        try:
-            apps = verify_apps(blobs or bundle, chosen.apps, machine_arch())
-        except UpdaterError as exc:
-            return replace(result, content_error=exc)
-        return replace(result, apps=apps)
-    return result
+    return CheckIn(trusted, device, selection, session, initial=initial)
+
+
+def verify_content(result: CheckIn, blobs: BlobSource) -> CheckIn:
+    """Verify the selected target's apps blob by blob (when there is something to install).
+
+    `blobs` is where they are read: the bundle, or for `install` a source that copies each blob
+    into the device store in the same read.
+    """
+    sel = result.selection
+    chosen = sel.selected
+    if sel.error is not None or chosen is None or sel.action is not Action.INSTALL:
+        return result
+    try:
+        apps = verify_apps(blobs, chosen.apps, machine_arch())
+    except UpdaterError as exc:
+        return replace(result, content_error=exc)
+    return replace(result, apps=apps)
+
+
+def check_in(
+    cfg: Config,
+    bundle: Bundle,
+    device: DeviceFacts,
+    *,
+    target_name: Optional[str] = None,
+    force: bool = False,
+    now: Optional[datetime] = None,
+    booted: Optional[str] = None,
+    app_installed: Optional[Callable[[str, str], bool]] = None,
+) -> CheckIn:
+    """`select` then `verify_content` from the bundle: everything `check` reports."""
+    result = select(
+        cfg,
+        bundle,
+        device,
+        target_name=target_name,
+        force=force,
+        now=now,
+        booted=booted,
+        app_installed=app_installed,
+    )
+    return verify_content(result, bundle)
 
 
 # --- presentation ------------------------------------------------------------------------------

@@ -220,98 +220,45 @@ def _install_locked(
     force: bool,
     now: Optional[datetime],
 ) -> Outcome:
-    from usbupdater.apps.store import CopyingSource, content_from_verified
     from usbupdater.bundle import Bundle
-    from usbupdater.checkin import check_in, device_facts, failed_targets
+    from usbupdater.checkin import device_facts, failed_targets, select
+    from usbupdater.selection import Action
 
     cfg = dev.cfg
     booted = booted_or_none(dev)
     facts = device_facts(cfg, state, failed_targets(dev.state.history()))
     progress("verifying", f"verifying the bundle in {src}")
     with Bundle.open(src) as bundle:
-        copying = CopyingSource(bundle, dev.app_store) if cfg.pacman.apps_enabled else None
-        try:
-            ci = check_in(
-                cfg,
-                bundle,
-                facts,
-                target_name=target_name,
-                force=force,
-                now=now,
-                blobs=copying,
-                booted=booted,
-                app_installed=dev.app_store.has_app_version if cfg.pacman.apps_enabled else None,
+        ci = select(
+            cfg,
+            bundle,
+            facts,
+            target_name=target_name,
+            force=force,
+            now=now,
+            booted=booted,
+            app_installed=dev.app_store.has_app_version if cfg.pacman.apps_enabled else None,
+        )
+        cand, action = ci.selection.require()  # 6, 8, 20, 102
+        t = cand.target
+        if action is Action.ALREADY_INSTALLED:
+            ci.session.commit()  # newer metadata is worth keeping: it raises the rollback floor
+            return Outcome(ExitCode.OK, f"{t.name} is already installed", t.name)
+        current = state.current or ci.initial
+        rootfs_changed = t.sha256 != (booted or (current.sha256 if current else None))
+        bl = dev.bootloader
+        fw_pending = rootfs_changed and bl.supports_boot_firmware and bl.boot_fw_update_pending()
+        if decisions.boot_firmware_blocks(
+            rootfs_changed, bl.supports_boot_firmware, cfg.pacman.ostree_update_block, fw_pending
+        ):
+            return Outcome(
+                ExitCode.BOOT_FIRMWARE,
+                "a boot firmware update waits for its confirming reboot: reboot, then install "
+                "again",
+                t.name,
             )
-            outcome = _apply(dev, state, ci, bundle, booted, copying, content_from_verified)
-        except BaseException:
-            if copying is not None:
-                copying.discard_created()  # a refused or failed install leaves no new blob
-            raise
-    return outcome
-
-
-def booted_or_none(dev: Device, *, quiet: bool = False) -> Optional[str]:
-    """The booted commit, or None (logged) when the sysroot cannot tell."""
-    try:
-        return dev.booted_commit()
-    except AdapterError as exc:
-        (logger.debug if quiet else logger.warning)(
-            "cannot tell the booted commit", reason=exc.reason
-        )
-        return None
-
-
-def _apply(
-    dev: Device,
-    state: DeviceState,
-    ci: CheckIn,
-    bundle: Any,
-    booted: Optional[str],
-    copying: Any,
-    content_from_verified: Any,
-) -> Outcome:
-    from usbupdater.selection import Action
-
-    cfg = dev.cfg
-    if ci.error is not None:
-        raise ci.error
-    cand, action = ci.selection.require()
-    t = cand.target
-    if action is Action.ALREADY_INSTALLED:
-        ci.session.commit()  # newer metadata is worth keeping: it raises the rollback floor
-        if copying is not None:
-            copying.discard_created()
-        return Outcome(ExitCode.OK, f"{t.name} is already installed", t.name)
-    current = state.current or ci.initial
-    rootfs_changed = t.sha256 != (booted or (current.sha256 if current else None))
-    bl = dev.bootloader
-    if decisions.boot_firmware_blocks(
-        rootfs_changed,
-        bl.supports_boot_firmware,
-        cfg.pacman.ostree_update_block,
-        rootfs_changed and bl.supports_boot_firmware and bl.boot_fw_update_pending(),
-    ):
-        if copying is not None:
-            copying.discard_created()
-        return Outcome(
-            ExitCode.BOOT_FIRMWARE,
-            "a boot firmware update waits for its confirming reboot: reboot, then install again",
-            t.name,
-        )
+        _change_device(dev, ci, bundle, rootfs_changed)
     target = record_of(t.name, t.version, t.sha256, cand.apps, t.custom)
-    if ci.apps:
-        progress("copying-apps", f"storing {len(ci.apps)} app(s) on the device")
-        dev.app_store.add_apps(
-            copying or bundle, [content_from_verified(v) for v in ci.apps.values()]
-        )
-    if rootfs_changed:
-        if not dev.rootfs.has_commit(t.sha256):
-            progress("copying-rootfs", f"copying root filesystem {t.sha256[:12]} from the stick")
-            dev.rootfs.pull(bundle.ostree_repo, t.sha256)
-        progress("deploying", f"deploying {t.name}")
-        dev.rootfs.deploy(t.sha256)  # a no-op when a killed run already deployed it
-        bl.update_notify()  # bootcount=0, upgrade_available=1, rollback=0
-        dev.sentinel.set()
     ci.session.commit()
     txn = transaction_id(target, current, ci.trusted.targets_version)
     pending = PendingInstall(target, current, rootfs_changed, txn, _utcnow())
@@ -327,6 +274,65 @@ def _apply(
     _history(dev, f"{txn}/install", "install", target, code, "installed", message)
     new_state = replace(state, pending=pending)
     return _finish(dev, new_state, "install", outcome)  # COMMIT POINT of install
+
+
+def _change_device(dev: Device, ci: CheckIn, bundle: Any, rootfs_changed: bool) -> None:
+    """Store the apps and deploy the rootfs; on any failure, take back what was added.
+
+    The commit is pulled by ostree (its own process) while the app blobs are verified and
+    copied, so the two biggest reads of the stick overlap on a multi-core device.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from usbupdater.apps.store import CopyingSource, content_from_verified
+    from usbupdater.checkin import verify_content
+
+    assert ci.selection.selected is not None
+    t = ci.selection.selected.target
+    copying = CopyingSource(bundle, dev.app_store) if ci.selection.selected.apps else None
+    pull: Optional[Future[None]] = None
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ostree-pull")
+    try:
+        if rootfs_changed and not dev.rootfs.has_commit(t.sha256):
+            progress("copying-rootfs", f"copying root filesystem {t.sha256[:12]} from the stick")
+            pull = pool.submit(dev.rootfs.pull, bundle.ostree_repo, t.sha256)
+        if copying is not None:
+            progress("verifying-apps", f"verifying and storing the apps of {t.name}")
+            ci = verify_content(ci, copying)
+            if ci.content_error is not None:
+                raise ci.content_error  # 8 or 80
+            progress("copying-apps", f"recording {len(ci.apps)} app(s) in the device store")
+            dev.app_store.add_apps(copying, [content_from_verified(v) for v in ci.apps.values()])
+        if pull is not None:
+            pull.result()  # 60, 8, 80 or an ostree failure
+        if rootfs_changed:
+            progress("deploying", f"deploying {t.name}")
+            dev.rootfs.deploy(t.sha256)  # a no-op when a killed run already deployed it
+            dev.bootloader.update_notify()  # bootcount=0, upgrade_available=1, rollback=0
+            dev.sentinel.set()
+    except BaseException:
+        if pull is not None:
+            pool.shutdown(wait=True)
+            try:
+                dev.rootfs.prune()  # drop the objects of a commit no deployment uses
+            except UpdaterError as exc:
+                logger.warning("could not prune the sysroot repo", reason=exc.reason)
+        if copying is not None:
+            copying.discard_created()  # a refused or failed install leaves no new blob
+        raise
+    finally:
+        pool.shutdown(wait=True)
+
+
+def booted_or_none(dev: Device, *, quiet: bool = False) -> Optional[str]:
+    """The booted commit, or None (logged) when the sysroot cannot tell."""
+    try:
+        return dev.booted_commit()
+    except AdapterError as exc:
+        (logger.debug if quiet else logger.warning)(
+            "cannot tell the booted commit", reason=exc.reason
+        )
+        return None
 
 
 # --- run ---------------------------------------------------------------------------------------

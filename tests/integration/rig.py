@@ -15,6 +15,7 @@ import docker
 from usbupdater.sim.device import SimDevice
 from usbupdater.sim.dockerd import PrivateDockerd
 from usbupdater.sim.factory import Factory
+from usbupdater.sim.setup import device_config
 from usbupdater.state import DeviceState, StateStore
 
 
@@ -40,26 +41,18 @@ class Rig:
         factory.write_device_roots(root / "usr-lib-sota-tuf")
         cfg = root / "sota.toml"
         cfg.write_text(
-            "[provision]\n"
-            f'primary_ecu_hardware_id = "{factory.hardware_id}"\n'
-            "[storage]\n"
-            f'path = "{root / "sota"}"\n'
-            f'uptane_metadata_path = "{root / "usr-lib-sota-tuf"}"\n'
-            "[pacman]\n"
-            f'type = "{pacman_type}"\n'
-            f'sysroot = "{dev.sysroot}"\n'
-            f'tags = "{factory.tag}"\n'
-            'docker_compose_bin = "/usr/bin/docker-compose"\n'
-            "[bootloader]\n"
-            f'rollback_mode = "{dev.bootloader.mode}"\n'
-            'reboot_command = "/bin/true"\n'
-            f'reboot_sentinel_dir = "{dev.sentinel_dir}"\n'
-            "[usbupdater]\n"
-            f'lock_path = "{root / "aklite.lock"}"\n'
-            f'boot_record = "{dev.record_file}"\n'
-            f'bootloader_env_file = "{dev.env_file}"\n'
-            f'docker_host = "{dockerd.host}"\n'
-            "apps_start_timeout = 20\n" + extra
+            device_config(
+                dev,
+                hardware_id=factory.hardware_id,
+                tags=factory.tag,
+                storage=root / "sota",
+                uptane_metadata_path=root / "usr-lib-sota-tuf",
+                lock_path=root / "aklite.lock",
+                docker_host=dockerd.host,
+                pacman_type=pacman_type,
+                apps_start_timeout=20,
+                extra=extra,
+            )
         )
         return cls(root, dev, cfg, dockerd)
 

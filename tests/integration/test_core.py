@@ -324,7 +324,14 @@ def test_install_pending_30_and_run_nothing_pending_40(
 
 # --- killed at every step boundary -------------------------------------------------------------
 
-INSTALL_PHASES = ["verifying", "copying-apps", "copying-rootfs", "deploying", "done"]
+INSTALL_PHASES = [
+    "verifying",
+    "copying-rootfs",
+    "verifying-apps",
+    "copying-apps",
+    "deploying",
+    "done",
+]
 RUN_PHASES = ["starting-apps", "done"]
 BIG = AppSpec(
     "big",

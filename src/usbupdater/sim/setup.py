@@ -1,0 +1,52 @@
+"""Configuration of a simulated device: the aktualizr-lite snippet that points usbupdater at it.
+
+Tests, benchmarks and the demo run the real `usbupdater` program against a `SimDevice`; this is
+the one place that says how (its sysroot, boot record, file-backed bootloader, /run).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from usbupdater.sim.device import SimDevice
+
+
+def device_config(
+    dev: SimDevice,
+    *,
+    hardware_id: str,
+    tags: str,
+    storage: Path,
+    uptane_metadata_path: Path,
+    lock_path: Path,
+    docker_host: str = "",
+    pacman_type: str = "ostree+compose_apps",
+    compose_bin: str = "/usr/bin/docker-compose",
+    apps_start_timeout: float = 60,
+    reboot_command: str = "/bin/true",
+    extra: str = "",
+) -> str:
+    """The TOML text of a configuration for `dev` (write it, then pass it with `-c`)."""
+    return (
+        "[provision]\n"
+        f'primary_ecu_hardware_id = "{hardware_id}"\n'
+        "[storage]\n"
+        f'path = "{storage}"\n'
+        f'uptane_metadata_path = "{uptane_metadata_path}"\n'
+        "[pacman]\n"
+        f'type = "{pacman_type}"\n'
+        f'sysroot = "{dev.sysroot}"\n'
+        f'os = "{dev.osname}"\n'
+        f'tags = "{tags}"\n'
+        f'docker_compose_bin = "{compose_bin}"\n'
+        "[bootloader]\n"
+        f'rollback_mode = "{dev.bootloader.mode}"\n'
+        f'reboot_command = "{reboot_command}"\n'
+        f'reboot_sentinel_dir = "{dev.sentinel_dir}"\n'
+        "[usbupdater]\n"
+        f'lock_path = "{lock_path}"\n'
+        f'boot_record = "{dev.record_file}"\n'
+        f'bootloader_env_file = "{dev.env_file}"\n'
+        f'docker_host = "{docker_host}"\n'
+        f"apps_start_timeout = {apps_start_timeout}\n" + extra
+    )
