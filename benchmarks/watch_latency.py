@@ -29,6 +29,7 @@ from typing import Any, Optional
 
 from usbupdater.sim.device import SimDevice
 from usbupdater.sim.factory import Factory, TargetSpec
+from usbupdater.sim.setup import device_config
 
 ROUNDS = 5
 UDEVD = "/lib/systemd/systemd-udevd"
@@ -77,24 +78,7 @@ def config(root: Path, factory: Factory, dev: SimDevice, label: str) -> Path:
     factory.write_device_roots(root / "tuf-roots")
     runtime = dev.run_dir / "usbupdater"
     cfg = root / "sota.toml"
-    cfg.write_text(
-        "[provision]\n"
-        f'primary_ecu_hardware_id = "{factory.hardware_id}"\n'
-        "[storage]\n"
-        f'path = "{root / "sota"}"\n'
-        f'uptane_metadata_path = "{root / "tuf-roots"}"\n'
-        "[pacman]\n"
-        'type = "ostree"\n'
-        f'sysroot = "{dev.sysroot}"\n'
-        f'tags = "{factory.tag}"\n'
-        "[bootloader]\n"
-        f'rollback_mode = "{dev.bootloader.mode}"\n'
-        'reboot_command = "/bin/true"\n'
-        f'reboot_sentinel_dir = "{dev.sentinel_dir}"\n'
-        "[usbupdater]\n"
-        f'lock_path = "{root / "aklite.lock"}"\n'
-        f'boot_record = "{dev.record_file}"\n'
-        f'bootloader_env_file = "{dev.env_file}"\n'
+    agent_keys = (
         'match_buses = ""\n'
         f'match_properties = "ID_FS_LABEL={label}"\n'
         f'runtime_dir = "{runtime}"\n'
@@ -103,6 +87,18 @@ def config(root: Path, factory: Factory, dev: SimDevice, label: str) -> Path:
         'console = ""\n'
         'aklite_active_command = "false"\n'
         'engine_restart_command = ""\n'
+    )
+    cfg.write_text(
+        device_config(
+            dev,
+            hardware_id=factory.hardware_id,
+            tags=factory.tag,
+            storage=root / "sota",
+            uptane_metadata_path=root / "tuf-roots",
+            lock_path=root / "aklite.lock",
+            pacman_type="ostree",
+            extra=agent_keys,
+        )
     )
     return cfg
 

@@ -77,7 +77,7 @@ class Sticks:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.prefix = "UU" + secrets.token_hex(3)  # the agent under test matches this label
+        self.prefix = "UU" + secrets.token_hex(3).upper()  # the agent matches this label
         self.attached: dict[Path, str] = {}
         self._n = 0
 
@@ -89,6 +89,21 @@ class Sticks:
         if content is not None:
             argv += ["-d", str(content)]
         sh(*argv, str(img), f"{size_mb}M")
+        return img
+
+    def fat_image(self, content: Path, size_mb: int = 32) -> Path:
+        """A FAT image filled through fusefat (the kernel here has no vfat)."""
+        self._n += 1
+        img = self.workdir / f"stick{self._n}.img"
+        sh("truncate", "-s", f"{size_mb}M", str(img))
+        sh("mkfs.vfat", "-n", f"{self.prefix}{self._n}", str(img))
+        mnt = self.workdir / f"fill{self._n}"
+        mnt.mkdir()
+        sh("fusefat", "-o", "rw+", str(img), str(mnt))
+        try:
+            sh("cp", "-r", f"{content}/.", str(mnt))
+        finally:
+            sh("umount", str(mnt))
         return img
 
     def attach(self, img: Path) -> str:

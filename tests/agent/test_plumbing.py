@@ -32,7 +32,7 @@ def fake_bundle(root: Path, version: int = 3) -> Path:
 
 
 class Rig:
-    def __init__(self, root: Path, sticks: Sticks, plan: dict[str, Any]) -> None:
+    def __init__(self, root: Path, sticks: Sticks, plan: dict[str, Any], extra: str = "") -> None:
         self.root = root
         self.sticks = sticks
         self.plan = root / "plan.json"
@@ -50,7 +50,7 @@ class Rig:
             f'reboot_command = "{rec} reboot"\n'
             "[usbupdater]\n"
             f'updater_command = "{sys.executable} {HERE / "scripted_updater.py"} {self.plan}"\n'
-            + agent_settings_toml(root, sticks, self.runtime)
+            + agent_settings_toml(root, sticks, self.runtime, extra)
         )
         self.agent = Agent(self.cfg, self.runtime / "status.json", root / "agent.log")
 
@@ -71,8 +71,8 @@ class Rig:
 
 @pytest.fixture
 def rig(tmp_path: Path, sticks: Sticks, agents: list[Agent]) -> Any:
-    def make(plan: dict[str, Any]) -> Rig:
-        r = Rig(tmp_path, sticks, plan)
+    def make(plan: dict[str, Any], extra: str = "") -> Rig:
+        r = Rig(tmp_path, sticks, plan, extra)
         agents.append(r.agent)
         return r
 
@@ -122,3 +122,33 @@ def test_hotplug_install_reboot_run(rig: Any, sticks: Sticks, tmp_path: Path) ->
     assert final["old_target"] == "v1" and final["new_target"] == "v2"
     assert [s["code"] for s in final["steps"]] == [100, 0]
     assert final["device"] == {"hardware_id": "intel-corei7-64", "serial": "SN-42"}
+
+
+FUSEFAT = (
+    'mount_command = "fusefat -o {options} {device} {mountpoint}"\n'
+    'fat_mount_options = ""\n'
+    'report_mount_options = "rw+,nosuid,nodev,noexec"\n'
+)
+
+
+@pytest.mark.skipif(shutil.which("fusefat") is None, reason="fusefat missing")
+def test_fat_stick_through_fusefat(rig: Any, sticks: Sticks, tmp_path: Path) -> None:
+    """FAT sticks: this kernel has no vfat, so the mount program is fusefat (configurable)."""
+    r = rig({"install": [0], "current": "v1"}, FUSEFAT)
+    img = sticks.fat_image(fake_bundle(tmp_path / "content"))
+    r.agent.start()
+    sticks.attach(img)
+    st = r.agent.wait_status(lambda s: s.get("phase") == "safe-to-remove", what="done")
+    assert st["result"] == "up-to-date" and st["stick"]["fs_type"] == "vfat"
+    assert r.installs() == 1
+    r.agent.stop()
+    assert not mounts_under(tmp_path / "media")
+    sticks.detach(img)
+    mnt = tmp_path / "check"
+    mnt.mkdir()
+    sh("fusefat", "-o", "ro", str(img), str(mnt))
+    try:
+        (report,) = sorted((mnt / "usbupdater-reports").glob("*.json"))
+        assert json.loads(report.read_text())["result"] == "up-to-date"
+    finally:
+        sh("umount", str(mnt))
