@@ -247,11 +247,10 @@ def test_two_sticks_one_at_a_time(bench: Any) -> None:
     b.agent.wait_status(lambda s: s.get("phase") == "idle", 30, "idle")
     b.sticks.attach(img1)
     b.sticks.attach(img2)
-    wait_for(lambda: len(b.reports(img2)) >= 1, 180, "the second stick's report")
+    wait_for(lambda: len(b.reports(img1)) + len(b.reports(img2)) >= 2, 180, "both sticks' reports")
     b.agent.stop()
-    r1, r2 = b.reports(img1), b.reports(img2)
-    assert [d["result"] for d in r1] == ["updated"]
-    assert [d["result"] for d in r2] == ["up-to-date"]
+    results = sorted(d["result"] for img in (img1, img2) for d in b.reports(img))
+    assert results == ["up-to-date", "updated"]  # whichever settled first installed
     # Never in parallel: each updater call ends before the next one starts.
     seq = [
         r["event"]

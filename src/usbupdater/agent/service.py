@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import signal
 import subprocess
 import threading
@@ -50,6 +51,11 @@ class JobDone:
 
 
 Item = Union[UEvent, JobDone, _Signal]
+
+
+def natural(name: str) -> tuple[Any, ...]:
+    """Sort key putting /dev/sdb2 before /dev/sdb10 (the order people expect)."""
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
 
 
 class Job:
@@ -177,7 +183,7 @@ class Service:
         busy = self.job.stick.key if self.job else None
         return sorted(
             (st for k, st in self.present.items() if k not in self.processed and k != busy),
-            key=lambda st: st.devnode,
+            key=lambda st: natural(st.devnode),
         )
 
     def _waiting(self) -> list[str]:
