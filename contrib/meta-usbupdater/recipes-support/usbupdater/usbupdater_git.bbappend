@@ -1,5 +1,5 @@
-# Example: device-specific [usbupdater] keys as an aktualizr-lite config snippet, in a
-# bbappend to LmP's sota config recipe (lmp's `aktualizr-lite` reads /etc/sota/conf.d/*.toml).
+# Example product bbappend (in your factory layer, e.g. meta-subscriber-overrides): ship
+# device-specific [usbupdater] keys as an aktualizr-lite config snippet in /etc/sota/conf.d/.
 FILESEXTRAPATHS:prepend := "${THISDIR}/files:"
 SRC_URI += "file://60-usbupdater.toml"
 
