@@ -25,25 +25,11 @@ from pathlib import Path
 from usbupdater.sim.apps import AppSpec, ServiceSpec
 from usbupdater.sim.device import SimDevice, remove_tree
 from usbupdater.sim.factory import Factory, TargetSpec
-from usbupdater.sim.setup import device_config
+from usbupdater.sim.setup import create_device
 
 
 def fresh_device(work: Path, name: str, factory: Factory, flashed: str) -> tuple[SimDevice, Path]:
-    root = work / name
-    dev = SimDevice.create(root / "device", factory.treehub, flashed)
-    factory.write_device_roots(root / "tuf-roots")
-    cfg = root / "sota.toml"
-    cfg.write_text(
-        device_config(
-            dev,
-            hardware_id=factory.hardware_id,
-            tags=factory.tag,
-            storage=root / "sota",
-            uptane_metadata_path=root / "tuf-roots",
-            lock_path=root / "aklite.lock",
-        )
-    )
-    return dev, cfg
+    return create_device(work / name, factory, flashed)
 
 
 def ours(cfg: Path, bundle: Path) -> tuple[float, int]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -132,6 +131,17 @@ def _finish(dev: Device, state: DeviceState, command: str, outcome: Outcome) -> 
         code=int(outcome.code),
     )
     return outcome
+
+
+def _end(
+    dev: Device,
+    state: DeviceState,
+    outcome: Outcome,
+    current: Optional[TargetRecord] = None,
+    pending: Optional[PendingInstall] = None,
+) -> Outcome:
+    """Finish `run` with this current target and pending record (COMMIT POINT)."""
+    return _finish(dev, DeviceState(current, pending, state.last_result), "run", outcome)
 
 
 def _history(
@@ -399,8 +409,7 @@ def _start_target(
     outcome = Outcome(code, message, t.name)
     outcome_name = "rolled-back" if p.rollback_of else "updated"
     _history(dev, f"{p.txn}/run", "run", t, code, outcome_name, message)
-    new_state = DeviceState(current=t, pending=None, last_result=state.last_result)
-    _finish(dev, new_state, "run", outcome)  # COMMIT POINT of run: the target is current
+    _end(dev, state, outcome, current=t)  # COMMIT POINT of run: the target is current
     _after_success_cleanup(dev, t)
     return outcome
 
@@ -454,13 +463,7 @@ def _after_boot_rollback(
     current = prev if prev is not None and booted == prev.sha256 else state.current
     _failed(dev, p, code, message)
     outcome = Outcome(code, message, p.target.name)
-    _finish(
-        dev,
-        DeviceState(current=current, pending=None, last_result=state.last_result),
-        "run",
-        outcome,
-    )  # COMMIT POINT
-    return outcome
+    return _end(dev, state, outcome, current=current)
 
 
 def _after_apps_failure(
@@ -475,12 +478,7 @@ def _after_apps_failure(
             f"rolling back to {p.target.name} failed too: {exc.reason}",
             p.target.name,
         )
-        return _finish(
-            dev,
-            DeviceState(current=None, pending=None, last_result=state.last_result),
-            "run",
-            outcome,
-        )
+        return _end(dev, state, outcome)
     # An initial target whose apps are unknown is no rollback target (aktualizr-lite: 120).
     plan = decisions.apps_failure_plan(prev if decisions.apps_known(prev) else None, booted)
     why = f"apps of {p.target.name} failed: {exc.reason}"
@@ -489,32 +487,21 @@ def _after_apps_failure(
         outcome = Outcome(
             ExitCode.NO_ROLLBACK_TARGET, f"{why}; no rollback target is known", p.target.name
         )
-        return _finish(
-            dev,
-            DeviceState(current=None, pending=None, last_result=state.last_result),
-            "run",
-            outcome,
-        )
+        return _end(dev, state, outcome)
     assert prev is not None
     if plan is AppsFailurePlan.REDEPLOY:
         progress("rolling-back", f"{why}; redeploying {prev.name}")
         dev.rootfs.rollback_to(prev.sha256)
         dev.bootloader.update_notify()
         dev.sentinel.set()
-        rollback = PendingInstall(
-            prev, None, True, uuid.uuid4().hex, _utcnow(), rollback_of=p.target.name
-        )
+        txn = f"{p.txn}-rollback"  # stable: a re-run after a kill is the same rollback
+        rollback = PendingInstall(prev, None, True, txn, _utcnow(), rollback_of=p.target.name)
         outcome = Outcome(
             ExitCode.NEEDS_REBOOT,
             f"{why}; rolling back to {prev.name}: reboot, then call `usbupdater run` again",
             p.target.name,
         )
-        return _finish(
-            dev,
-            DeviceState(current=None, pending=rollback, last_result=state.last_result),
-            "run",
-            outcome,
-        )
+        return _end(dev, state, outcome, pending=rollback)
     progress("rolling-back", f"{why}; restarting the apps of {prev.name}")
     try:
         _start_apps(dev, prev.apps)
@@ -524,15 +511,8 @@ def _after_apps_failure(
             f"{why}; restoring {prev.name} failed too: {exc2.reason}",
             p.target.name,
         )
-        return _finish(
-            dev,
-            DeviceState(current=None, pending=None, last_result=state.last_result),
-            "run",
-            outcome,
-        )
+        return _end(dev, state, outcome)
     dev.bootloader.set_boot_ok()
     write_current_target(dev.cfg.current_target_file, prev)
     outcome = Outcome(ExitCode.ROLLED_BACK, f"{why}; rolled back to {prev.name}", p.target.name)
-    return _finish(
-        dev, DeviceState(current=prev, pending=None, last_result=state.last_result), "run", outcome
-    )
+    return _end(dev, state, outcome, current=prev)

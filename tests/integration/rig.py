@@ -15,7 +15,7 @@ import docker
 from usbupdater.sim.device import SimDevice
 from usbupdater.sim.dockerd import PrivateDockerd
 from usbupdater.sim.factory import Factory
-from usbupdater.sim.setup import device_config
+from usbupdater.sim.setup import create_device
 from usbupdater.state import DeviceState, StateStore
 
 
@@ -37,22 +37,14 @@ class Rig:
         pacman_type: str = "ostree+compose_apps",
         extra: str = "",
     ) -> Rig:
-        dev = SimDevice.create(root / "device", factory.treehub, flashed_commit)
-        factory.write_device_roots(root / "usr-lib-sota-tuf")
-        cfg = root / "sota.toml"
-        cfg.write_text(
-            device_config(
-                dev,
-                hardware_id=factory.hardware_id,
-                tags=factory.tag,
-                storage=root / "sota",
-                uptane_metadata_path=root / "usr-lib-sota-tuf",
-                lock_path=root / "aklite.lock",
-                docker_host=dockerd.host,
-                pacman_type=pacman_type,
-                apps_start_timeout=20,
-                extra=extra,
-            )
+        dev, cfg = create_device(
+            root,
+            factory,
+            flashed_commit,
+            docker_host=dockerd.host,
+            pacman_type=pacman_type,
+            apps_start_timeout=20,
+            extra=extra,
         )
         return cls(root, dev, cfg, dockerd)
 

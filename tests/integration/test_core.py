@@ -430,3 +430,39 @@ def test_apps_shortlisted_by_config(
     finally:
         rig.cleanup_engine()
         rig.device.destroy()
+
+
+def test_bundle_older_than_the_devices_metadata_still_installs(
+    rig: Rig, factory: Factory, tmp_path: Path
+) -> None:
+    old = factory.write_bundle(tmp_path / "old", [T(factory, 2).name])  # metadata version k
+    on_v1(rig, factory, tmp_path)  # the device now trusts version k + 1
+    assert rig.install(old) == 100, rig.describe()
+    rig.reboot()
+    assert rig.run() == 0
+    assert rig.state().current.name == T(factory, 2).name  # type: ignore[union-attr]
+
+
+def test_expired_metadata_refused_with_12(rig: Rig, factory: Factory, tmp_path: Path) -> None:
+    b = bundle(factory, tmp_path, 2)
+    before = rig.snapshot()
+    p = subprocess.run(
+        [
+            "faketime",
+            "-f",
+            "+800d",
+            sys.executable,
+            "-m",
+            "usbupdater",
+            "install",
+            "-s",
+            str(b),
+            "-c",
+            str(rig.config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 12, p.stderr
+    assert rig.snapshot() == before

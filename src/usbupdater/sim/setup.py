@@ -7,8 +7,10 @@ the one place that says how (its sysroot, boot record, file-backed bootloader, /
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from usbupdater.sim.device import SimDevice
+from usbupdater.sim.factory import Factory
 
 
 def device_config(
@@ -50,3 +52,26 @@ def device_config(
         f'docker_host = "{docker_host}"\n'
         f"apps_start_timeout = {apps_start_timeout}\n" + extra
     )
+
+
+def create_device(
+    root: Path, factory: Factory, flashed_commit: str, **config: Any
+) -> tuple[SimDevice, Path]:
+    """A simulated device under `root` flashed with `flashed_commit`, trusting the factory's
+    roots, and its configuration file (keyword arguments: those of `device_config`)."""
+    dev = SimDevice.create(root / "device", factory.treehub, flashed_commit)
+    roots = root / "usr-lib-sota-tuf"
+    factory.write_device_roots(roots)
+    cfg = root / "sota.toml"
+    cfg.write_text(
+        device_config(
+            dev,
+            hardware_id=factory.hardware_id,
+            tags=factory.tag,
+            storage=root / "sota",
+            uptane_metadata_path=roots,
+            lock_path=root / "aklite.lock",
+            **config,
+        )
+    )
+    return dev, cfg
