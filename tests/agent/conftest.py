@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -22,103 +21,19 @@ from typing import Any, Callable, Optional
 
 import pytest
 
-UDEVD = "/lib/systemd/systemd-udevd"
+from usbupdater.sim.sticks import Sticks
+from usbupdater.sim.udevd import UDEVD, Udevd
+
 HERE = Path(__file__).parent
-
-
-def sh(*argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=timeout)
-
-
-def udevd_alive() -> bool:
-    return sh("udevadm", "control", "--ping", "--timeout=1", check=False).returncode == 0
 
 
 @pytest.fixture(scope="session")
 def udevd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """A udevd for the session (reused, never stopped, if one already runs)."""
-    if os.geteuid() != 0 or not Path(UDEVD).exists() or not shutil.which("losetup"):
-        pytest.skip("needs root, systemd-udevd and losetup")
-    if udevd_alive():
+    if os.geteuid() != 0 or not UDEVD.exists() or not shutil.which("losetup"):
+        pytest.fail("needs root, systemd-udevd and losetup")
+    with Udevd(tmp_path_factory.mktemp("udevd") / "udevd.log"):
         yield
-        return
-    log = tmp_path_factory.mktemp("udevd") / "udevd.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen([UDEVD], stdout=fh, stderr=fh, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 10
-        while not udevd_alive():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"udevd did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.02)
-        yield
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def mounts_under(root: Path) -> list[str]:
-    prefix = str(root).rstrip("/") + "/"
-    found = []
-    with open("/proc/self/mountinfo", encoding="utf-8") as fh:
-        for line in fh:
-            point = line.split()[4].encode().decode("unicode_escape")
-            if point.startswith(prefix):
-                found.append(point)
-    return sorted(found, key=len, reverse=True)
-
-
-class Sticks:
-    """ext4 images labelled `<prefix><n>` attached to loop devices; all undone at the end."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.prefix = "UU" + secrets.token_hex(3).upper()  # the agent matches this label
-        self.attached: dict[Path, str] = {}
-        self._n = 0
-
-    def image(self, content: Optional[Path] = None, size_mb: int = 96) -> Path:
-        """An ext4 image holding a copy of `content` (a directory), made without mounting."""
-        self._n += 1
-        img = self.workdir / f"stick{self._n}.img"
-        argv = ["mkfs.ext4", "-q", "-F", "-L", f"{self.prefix}{self._n}", "-E", "root_owner=0:0"]
-        if content is not None:
-            argv += ["-d", str(content)]
-        sh(*argv, str(img), f"{size_mb}M")
-        return img
-
-    def fat_image(self, content: Path, size_mb: int = 32) -> Path:
-        """A FAT image filled through fusefat (the kernel here has no vfat)."""
-        self._n += 1
-        img = self.workdir / f"stick{self._n}.img"
-        sh("truncate", "-s", f"{size_mb}M", str(img))
-        sh("mkfs.vfat", "-n", f"{self.prefix}{self._n}", str(img))
-        mnt = self.workdir / f"fill{self._n}"
-        mnt.mkdir()
-        sh("fusefat", "-o", "rw+", str(img), str(mnt))
-        try:
-            sh("cp", "-r", f"{content}/.", str(mnt))
-        finally:
-            sh("umount", str(mnt))
-        return img
-
-    def attach(self, img: Path) -> str:
-        dev = sh("losetup", "-f", "--show", str(img)).stdout.strip()
-        self.attached[img] = dev
-        return dev
-
-    def detach(self, img: Path) -> None:
-        dev = self.attached.pop(img, None)
-        if dev:
-            sh("losetup", "-d", dev, check=False)
-
-    def cleanup(self) -> None:
-        for img in list(self.attached):
-            self.detach(img)
 
 
 @pytest.fixture
@@ -127,8 +42,6 @@ def sticks(tmp_path: Path, udevd: None) -> Iterator[Sticks]:
     try:
         yield s
     finally:
-        for point in mounts_under(tmp_path):
-            sh("umount", "-l", point, check=False)
         s.cleanup()
 
 

@@ -18,11 +18,8 @@ import pytest
 
 from tests.agent.conftest import (
     Agent,
-    Sticks,
     agent_settings_toml,
-    mounts_under,
     recorded,
-    sh,
     wait_for,
     write_script,
 )
@@ -31,6 +28,7 @@ from usbupdater.sim.apps import AppSpec, ServiceSpec
 from usbupdater.sim.dockerd import PrivateDockerd
 from usbupdater.sim.factory import Factory, PublishedTarget, TargetSpec
 from usbupdater.sim.signer import edit
+from usbupdater.sim.sticks import Sticks, mounts_under, sh
 
 pytestmark = pytest.mark.integration
 

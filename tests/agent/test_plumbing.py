@@ -14,13 +14,11 @@ import pytest
 from tests.agent.conftest import (
     HERE,
     Agent,
-    Sticks,
     agent_settings_toml,
-    mounts_under,
     recorded,
-    sh,
     wait_for,
 )
+from usbupdater.sim.sticks import Sticks, mounts_under, sh
 
 pytestmark = pytest.mark.integration
 

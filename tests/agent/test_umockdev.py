@@ -14,13 +14,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_umockdev_cases() -> None:
     if shutil.which("umockdev-wrapper") is None:
-        pytest.skip("umockdev-wrapper not installed")
+        pytest.fail("umockdev-wrapper not installed")
     try:
         import gi
 
         gi.require_version("UMockdev", "1.0")
     except (ImportError, ValueError):
-        pytest.skip("PyGObject or the UMockdev typelib missing")
+        pytest.fail("PyGObject or the UMockdev typelib missing")
     p = subprocess.run(
         [
             "umockdev-wrapper",

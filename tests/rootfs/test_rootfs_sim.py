@@ -104,7 +104,7 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
             ["losetup", "-f", "--show", str(img)], capture_output=True, text=True, check=True
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"no loop device: {exc}")
+        pytest.fail(f"no loop device: {exc}")
     mounted = False
     try:
         subprocess.run(["mount", loop, str(mnt)], check=True)

@@ -25,7 +25,7 @@ def _shared_dir() -> Path | None:
 def vectors() -> Path:
     shared = _shared_dir()
     if shared is None:
-        pytest.skip("shared/vectors not found (set USBUPDATER_SHARED)")
+        pytest.fail("shared/vectors not found (set USBUPDATER_SHARED)")
     return shared / "vectors"
 
 
