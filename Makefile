@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test lint unit bench clean
+.PHONY: setup test lint unit bench clean demo demo-rollback
 
 setup:
 	@scripts/setup.sh
@@ -23,3 +23,9 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+demo: setup
+	$(PY) -m usbupdater.sim.demo
+
+demo-rollback: setup
+	$(PY) -m usbupdater.sim.demo --rollback

@@ -207,6 +207,12 @@ def test_after_run(code: int, fw: bool, step: str, result: str) -> None:
         assert d.after_reboot == "run"
 
 
+def test_run_0_after_a_run_100_finishes_a_rollback() -> None:
+    d = policy.after_run(0, "", True, rolling_back=True)
+    assert (d.step, d.result) == ("done", policy.ROLLED_BACK)
+    assert "previous version" in d.message
+
+
 def test_failure_message_carries_the_reason() -> None:
     d = policy.after_install(15, "bundle-targets.json: tag 'qa' is not one of main")
     assert "invalid" in d.message and "tag 'qa'" in d.message

@@ -80,8 +80,15 @@ def after_install(code: Optional[int], reason: str = "") -> Decision:
 
 
 def after_run(
-    code: Optional[int], reason: str = "", confirm_boot_firmware: bool = True
+    code: Optional[int],
+    reason: str = "",
+    confirm_boot_firmware: bool = True,
+    rolling_back: bool = False,
 ) -> Decision:
+    """`rolling_back`: an earlier `run` of this update answered 100 (apps failed, previous
+    version redeployed), so this `run` finishes the rollback, not the update."""
+    if code == 0 and rolling_back:
+        return Decision("done", ROLLED_BACK, "the update failed; the previous version runs again")
     if code == 0:
         return Decision("done", UPDATED, "updated; the apps are running")
     if code == 90:

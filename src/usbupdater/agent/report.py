@@ -60,11 +60,12 @@ def build(
 
 def text(doc: dict[str, Any]) -> str:
     dev = doc["device"]
+    pending = "(after the reboot)" if doc["result"] == "rebooting" else "unknown"
     lines = [
         f"usbupdater report: {str(doc['result']).upper()}",
         f"{doc['message']}",
         f"Device: {dev['hardware_id']} serial {dev['serial'] or 'unknown'}",
-        f"Target: {doc['old_target'] or 'unknown'} -> {doc['new_target'] or 'unknown'}",
+        f"Target: {doc['old_target'] or 'unknown'} -> {doc['new_target'] or pending}",
         f"Time: {doc['started']} .. {doc['finished']}",
     ]
     for step in doc["steps"]:

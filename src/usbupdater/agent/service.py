@@ -315,7 +315,12 @@ class Service:
                 self.status.set("finishing", d.message or "starting the apps")
                 out = self.updater.call(["run"], self._progress)
                 self._record(rec, out)
-                d = policy.after_run(out.code, out.reason, self.s.confirm_boot_firmware)
+                rolling_back = any(
+                    o.get("command") == "run" and o.get("code") == 100 for o in rec.outcomes[:-1]
+                )
+                d = policy.after_run(
+                    out.code, out.reason, self.s.confirm_boot_firmware, rolling_back
+                )
                 continue
             if d.step == "reboot":
                 if rec.reboots >= self.s.max_reboots:
