@@ -91,8 +91,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     cfg = _load_config(args)
     st = StateStore(cfg.state_dir).load()
+    service = _service_status(cfg.usbupdater.status_file)
     if args.json:
         doc = st.to_json()
+        doc["service"] = service
         print(json.dumps(doc, indent=2, sort_keys=True))
         return int(ExitCode.OK)
     print(f"Hardware id: {cfg.provision.primary_ecu_hardware_id}")
@@ -101,7 +103,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     if st.last_result is not None:
         r = st.last_result
         print(f"Last result: {r.command} exited {r.code} at {r.time}: {r.message}")
+    if service is not None:
+        print(f"Service: {service.get('phase')}: {service.get('message', '')}")
     return int(ExitCode.OK)
+
+
+def _service_status(path: Any) -> Optional[dict[str, Any]]:
+    """What the `watch` service last reported (its status file), if it runs here."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def cmd_check(args: argparse.Namespace) -> int:

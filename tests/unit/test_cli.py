@@ -56,6 +56,20 @@ def test_current_and_status_show_state(device_config: Path, tmp_path: Path) -> N
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["current"]["name"] == "rpi-1" and doc["pending"]["target"]["name"] == "rpi-2"
+    assert doc["service"] is None  # no watch service has written its status file
+
+
+def test_status_shows_the_services_phase(tmp_path: Path) -> None:
+    status = tmp_path / "status.json"
+    status.write_text('{"phase": "installing", "message": "verifying the bundle"}')
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        '[provision]\nprimary_ecu_hardware_id = "hw"\n'
+        f'[storage]\npath = "{tmp_path}"\n[usbupdater]\nstatus_file = "{status}"\n'
+    )
+    r = run("status", "-c", str(cfg))
+    assert r.returncode == 0, r.stderr
+    assert "Service: installing: verifying the bundle" in r.stdout
 
 
 def test_config_error_is_one_line_with_code_1(tmp_path: Path) -> None:
