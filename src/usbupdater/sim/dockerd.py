@@ -20,6 +20,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Optional
 
+from usbupdater.sim.sticks import mounts_under
+
 NETWORK_FLAGS = (
     "--storage-driver=vfs",
     "--iptables=false",
@@ -61,18 +63,6 @@ def _kill_and_wait(pid: int, timeout: float) -> None:
         deadline = time.monotonic() + 10
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-
-
-def _mounts_under(root: Path) -> list[str]:
-    """Mount points below `root` (deepest first), from /proc/self/mountinfo."""
-    prefix = str(root).rstrip("/") + "/"
-    found = []
-    with open("/proc/self/mountinfo", encoding="utf-8") as fh:
-        for line in fh:
-            point = line.split()[4].encode().decode("unicode_escape")
-            if point.startswith(prefix):
-                found.append(point)
-    return sorted(found, key=len, reverse=True)
 
 
 class PrivateDockerd:
@@ -188,7 +178,7 @@ class PrivateDockerd:
     def stop(self) -> None:
         """Stop the engine (containers stay defined, as after a reboot); keep its data."""
         self._stop_processes()
-        for point in _mounts_under(self.dir):
+        for point in mounts_under(self.dir):
             subprocess.run(["umount", "-l", point], check=False, capture_output=True)
 
     def restart(self) -> None:
