@@ -229,6 +229,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UpdaterError as exc:
         print(f"usbupdater: {exc.reason}", file=sys.stderr)
         return int(exc.code)
+    except OSError as exc:  # e.g. EIO from a stick pulled out, EACCES on a directory
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"usbupdater: {exc.strerror or exc}{where}", file=sys.stderr)
+        return int(ExitCode.ERROR)
     except KeyboardInterrupt:
         print("usbupdater: interrupted", file=sys.stderr)
         return int(ExitCode.ERROR)

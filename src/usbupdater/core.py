@@ -219,7 +219,16 @@ def install(
                 f"an installation of {state.pending.target.name} is pending; "
                 "call `usbupdater run` first (after a reboot when one was asked for)"
             )
-        return _install_locked(dev, state, src, target_name, force, now)
+        try:
+            return _install_locked(dev, state, src, target_name, force, now)
+        except OSError as exc:
+            # A stick pulled out mid-read fails with EIO; the install cleaned up before the
+            # state's commit point, so the device is as it was: say that in one line.
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise AdapterError(
+                f"install stopped by an I/O error: {exc.strerror or exc}{where}; was the stick "
+                "removed? Nothing was installed"
+            ) from exc
 
 
 def _install_locked(

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -465,4 +466,35 @@ def test_expired_metadata_refused_with_12(rig: Rig, factory: Factory, tmp_path: 
         timeout=120,
     )
     assert p.returncode == 12, p.stderr
+    assert rig.snapshot() == before
+
+
+def test_stick_read_error_mid_install_is_one_clear_line(
+    rig: Rig, factory: Factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stick pulled out mid-read fails with EIO. The kernel here has no device-mapper to make
+    a real block device fail, so the app store's reader raises it after some blobs were copied."""
+    import errno
+
+    from usbupdater import core
+    from usbupdater.apps import store as store_mod
+    from usbupdater.errors import AdapterError
+
+    on_v1(rig, factory, tmp_path)
+    before = rig.snapshot()
+    real_open = store_mod.CopyingSource.open_blob
+    calls = {"n": 0}
+
+    def flaky_open(self: store_mod.CopyingSource, hexdigest: str, max_size: int) -> Any:
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise OSError(errno.EIO, "Input/output error", f"/media/stick/apps/blobs/{hexdigest}")
+        return real_open(self, hexdigest, max_size)
+
+    monkeypatch.setattr(store_mod.CopyingSource, "open_blob", flaky_open)
+    cfg = load_config([rig.config])
+    with pytest.raises(AdapterError) as exc:
+        core.install(cfg, bundle(factory, tmp_path, 2))
+    assert "I/O error" in exc.value.reason and "stick" in exc.value.reason
+    assert calls["n"] > 3
     assert rig.snapshot() == before

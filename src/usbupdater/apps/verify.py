@@ -227,8 +227,8 @@ class _Verifier:
             raise self.missing(what) from None
         except UnsafePathError as exc:
             raise self.bad(what, exc.reason) from None
-        except OSError as exc:
-            raise self.bad(what, f"cannot be read: {exc.strerror}") from None
+        # Any other OSError (EIO from a stick pulled out) is no content mismatch: it propagates
+        # and the caller reports an I/O error.
 
     def descriptor(self, what: str, desc: Any, max_size: int) -> tuple[str, int, str]:
         """(digest, size, mediaType) of an OCI descriptor, checked for shape."""
