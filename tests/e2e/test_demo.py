@@ -32,7 +32,7 @@ def test_demo_updates_the_device_from_a_stick() -> None:
     assert p.returncode == 0, out + p.stderr
     assert "Its app answers: 'Hello from v1'" in out
     assert "status: installing" in out and "status: rebooting" in out
-    assert "The device runs commit" in out and "(v2)" in out
+    assert "The device runs root filesystem" in out and "(v2)" in out
     assert "The app answers: 'Hello from v2'" in out
     assert "usbupdater report: UPDATED" in out
     assert "SAFE TO REMOVE" in out

@@ -238,7 +238,7 @@ def run_demo(rollback: bool, keep: bool) -> int:
                 capture_output=True,
                 check=False,
             )
-        detail(f"The device runs {v1.name} (OSTree commit {v1.commit[:12]}).")
+        detail(f"The device runs {v1.name} (root filesystem {v1.commit[:12]}).")
         detail(f"Its app answers: {ask_hello(dockerd)!r}")
 
         step(2, total, "The factory publishes v2 and writes a signed offline bundle on a USB stick")
@@ -251,8 +251,8 @@ def run_demo(rollback: bool, keep: bool) -> int:
             " (this version never becomes healthy)" if rollback else ""
         )
         detail(
-            f"{v2.name}: {what}. The stick holds `fioctl targets offline-update` output: "
-            "tuf/ (signed metadata), ostree_repo/, apps/."
+            f"{v2.name}: {what}. The stick holds what `fioctl targets offline-update` "
+            "writes: signed metadata (tuf/), the root filesystem (ostree_repo/), the apps (apps/)."
         )
 
         step(3, total, "The device boots: udevd and the usbupdater service start")
@@ -287,8 +287,8 @@ def run_demo(rollback: bool, keep: bool) -> int:
             watcher.stop()
             record = dev.reboot()
             detail(
-                f"The bootloader started commit {str(record['commit'])[:12]}; the service "
-                "starts again and finishes the update."
+                f"The bootloader started root filesystem {str(record['commit'])[:12]}; the "
+                "service starts again and finishes the update."
             )
             watcher.start()
 
@@ -296,7 +296,8 @@ def run_demo(rollback: bool, keep: bool) -> int:
         step(6, total, "The result")
         detail(f"Result: {final.get('result')} - {final.get('message')}")
         booted = dev.booted_commit() or "?"
-        detail(f"The device runs commit {booted[:12]} ({'v2' if booted == v2.commit else 'v1'})")
+        version = "v2" if booted == v2.commit else "v1"
+        detail(f"The device runs root filesystem {booted[:12]} ({version})")
         detail(f"The app answers: {ask_hello(dockerd)!r}")
         for name, text in read_reports(img, work):
             detail(f"Report on the stick, usbupdater-reports/{name}:")
