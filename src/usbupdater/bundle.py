@@ -7,7 +7,7 @@ ignored. A piece that is unsafe counts as absent and its reason is kept, so a pe
 a target's content "is missing" (for example "apps: is a symbolic link").
 
 Only presence is decided here; the content itself is verified by `usbupdater.apps.verify` (blobs)
-and by `ostree pull-local --untrusted` (the commit).
+and by `ostree pull-local --untrusted` (the commit); `tuf/` is read by `usbupdater.trust`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from usbupdater.target import InvalidTargetError, parse_ref
 HEX64 = re.compile(r"[0-9a-f]{64}")
 MAX_URI = 1024  # an app URI file: "<host>/<factory>/<app>@sha256:<64 hex>"
 MAX_COMMIT_OBJECT = 1 << 20  # an OSTree commit object is a few hundred bytes
-MAX_TUF_FILE = 16 << 20  # a targets.json with thousands of targets stays far below
 
 
 @dataclass(frozen=True)
@@ -90,16 +89,6 @@ class Bundle:
                 raise UnsafePathError(relpath, exc.reason) from None
         return self._dirs[relpath]
 
-    # --- tuf/ ----------------------------------------------------------------------------------
-
-    def tuf_names(self) -> list[str]:
-        """File names in `tuf/` (strays ignored); FileNotFoundError when there is no `tuf/`."""
-        return safeio.list_dir(self._dir("tuf"), ".")
-
-    def read_tuf(self, name: str, max_size: int = MAX_TUF_FILE) -> bytes:
-        """One metadata file's bytes; FileNotFoundError, or UnsafePathError with the reason."""
-        return safeio.read_file(self._dir("tuf"), name, max_size)
-
     # --- ostree_repo/ --------------------------------------------------------------------------
 
     @property
@@ -119,9 +108,6 @@ class Bundle:
             return f"commit {commit} is not in ostree_repo"
         except UnsafePathError as exc:
             return f"commit {commit}: {exc}"
-
-    def has_commit(self, commit: str) -> bool:
-        return self.commit_problem(commit) is None
 
     # --- apps/ ---------------------------------------------------------------------------------
 
@@ -179,9 +165,6 @@ class Bundle:
             if rel in self.problems:
                 return f"app {name}: {rel}: {self.problems[rel]}"
         return f"app {name} ({uri}) is not in the bundle"
-
-    def has_app(self, name: str, uri: str) -> bool:
-        return self.app_problem(name, uri) is None
 
     def open_blob(self, hexdigest: str, max_size: int) -> BinaryIO:
         """Open `apps/blobs/sha256/<hex>` (a regular file of at most `max_size` bytes).

@@ -2,8 +2,8 @@
 
 Trust (the bundle's TUF metadata against the device's roots), target selection (pure, over the
 verified targets and the device's facts), then the selected target's app content verified blob by
-blob. `usbupdater check` stops here; `install` continues from the same result, so both always
-agree on what would be installed.
+blob. `check` runs `select` then `verify_content` from the bundle; `install` runs the same two
+with a source that stores the blobs, so both always agree on what would be installed.
 """
 
 from __future__ import annotations
@@ -168,31 +168,6 @@ def verify_content(result: CheckIn, blobs: BlobSource) -> CheckIn:
     except UpdaterError as exc:
         return replace(result, content_error=exc)
     return replace(result, apps=apps)
-
-
-def check_in(
-    cfg: Config,
-    bundle: Bundle,
-    device: DeviceFacts,
-    *,
-    target_name: Optional[str] = None,
-    force: bool = False,
-    now: Optional[datetime] = None,
-    booted: Optional[str] = None,
-    app_installed: Optional[Callable[[str, str], bool]] = None,
-) -> CheckIn:
-    """`select` then `verify_content` from the bundle: everything `check` reports."""
-    result = select(
-        cfg,
-        bundle,
-        device,
-        target_name=target_name,
-        force=force,
-        now=now,
-        booted=booted,
-        app_installed=app_installed,
-    )
-    return verify_content(result, bundle)
 
 
 # --- presentation ------------------------------------------------------------------------------

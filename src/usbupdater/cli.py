@@ -121,7 +121,14 @@ def _service_status(path: Any) -> Optional[dict[str, Any]]:
 def cmd_check(args: argparse.Namespace) -> int:
     """Verify a bundle against this device and show every target; change nothing."""
     from usbupdater.bundle import Bundle
-    from usbupdater.checkin import check_in, describe, device_facts, failed_targets, format_text
+    from usbupdater.checkin import (
+        describe,
+        device_facts,
+        failed_targets,
+        format_text,
+        select,
+        verify_content,
+    )
     from usbupdater.core import Device, booted_or_none
     from usbupdater.state import StateStore
 
@@ -132,7 +139,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     booted = booted_or_none(dev, quiet=True)
     installed = dev.app_store.has_app_version if cfg.pacman.apps_enabled else None
     with Bundle.open(args.src_dir) as bundle:
-        result = check_in(cfg, bundle, facts, booted=booted, app_installed=installed)
+        chosen = select(cfg, bundle, facts, booted=booted, app_installed=installed)
+        result = verify_content(chosen, bundle)
     doc = describe(result)
     print(json.dumps(doc, indent=2) if args.json else format_text(doc))
     return int(result.code)

@@ -114,12 +114,6 @@ class Device:
 # --- shared helpers ----------------------------------------------------------------------------
 
 
-def record_of(
-    name: str, version: int, commit: str, apps: Mapping[str, str], custom: Any
-) -> TargetRecord:
-    return TargetRecord(name, version, commit, dict(apps), dict(custom or {}))
-
-
 def _finish(dev: Device, state: DeviceState, command: str, outcome: Outcome) -> Outcome:
     """Record the outcome as the last result (the state's commit point of a finished step)."""
     result = LastResult(command, int(outcome.code), outcome.message, outcome.target, _utcnow())
@@ -277,7 +271,7 @@ def _install_locked(
                 t.name,
             )
         _change_device(dev, ci, bundle, rootfs_changed)
-    target = record_of(t.name, t.version, t.sha256, cand.apps, t.custom)
+    target = TargetRecord(t.name, t.version, t.sha256, dict(cand.apps), dict(t.custom))
     ci.session.commit()
     txn = transaction_id(target, current, ci.trusted.targets_version)
     pending = PendingInstall(target, current, rootfs_changed, txn, _utcnow())

@@ -26,9 +26,10 @@ import shutil
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Optional, Protocol, Union
+from typing import TYPE_CHECKING, Any, BinaryIO, Optional, Union
 
 from usbupdater import safeio
+from usbupdater.apps.verify import BlobSource
 from usbupdater.errors import ContentMissingError, NoSpaceError, VerificationError
 from usbupdater.fsutil import PathLike, atomic_write, fsync_dir, makedirs_durable
 
@@ -155,12 +156,6 @@ class AppContent:
                 for i in doc["images"]
             ),
         )
-
-
-class BlobSource(Protocol):
-    """Where blobs are read from (the same shape as apps.verify.BlobSource, e.g. a Bundle)."""
-
-    def open_blob(self, hexdigest: str, max_size: int) -> BinaryIO: ...
 
 
 class DirSource:
