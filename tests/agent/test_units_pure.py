@@ -318,6 +318,8 @@ def test_mount_argv_and_options() -> None:
 def bundle_at(root: Path, version: int = 5) -> Path:
     (root / "tuf").mkdir(parents=True)
     (root / "tuf" / "targets.json").write_text(json.dumps({"signed": {"version": version}}))
+    snapshot = {"signed": {"meta": {"targets.json": {"version": version}}}}
+    (root / "tuf" / "snapshot.json").write_text(json.dumps(snapshot))
     return root
 
 

@@ -1,8 +1,15 @@
 """Mounting a stick in a private directory and finding the one bundle on it.
 
 The stick is untrusted: it is mounted read-only with `nosuid,nodev,noexec` (FAT and exFAT get
-fixed ownership and no execute bits), under a directory only root can reach, and the bundle is
-looked for through `safeio` (no symlink followed). Mount and unmount are argv templates, because
+fixed ownership and no execute bits; ext3/ext4 get `noload`, so a dirty journal is not replayed
+and a read-only mount never writes to the stick), under a directory only root can reach, and the
+bundle is looked for through `safeio` (no symlink followed).
+
+Identifying a bundle happens before anything is verified, so it reads only bounded amounts and
+parses nothing large: `targets.json` (up to 64 MiB) and `bundle-targets.json` are hashed in
+64 KiB chunks, never parsed; the version shown to people comes from `snapshot.json`'s entry for
+`targets.json`, parsed only when the file is at most 64 KiB. The service's memory stays flat
+whatever the stick holds. Mount and unmount are argv templates, because
 this kernel may lack vfat (tests use `fusefat`) and integrators may prefer their own helpers.
 A busy mount point (the updater still holds a file of a stick that was pulled) is detached lazily
 so the agent never blocks on a dead device.
@@ -19,14 +26,21 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from usbupdater import log, safeio
 from usbupdater.agent.filter import Stick
 from usbupdater.agent.settings import AgentSettings
+from usbupdater.textsafe import safe_text
 
 FAT_TYPES = ("vfat", "msdos", "exfat")
-MAX_TARGETS_JSON = 64 << 20
+# Journalled ext types: `noload` keeps a read-only mount from replaying the journal. ext2 has no
+# journal, and its driver refuses the option.
+JOURNAL_TYPES = ("ext3", "ext4")
+MAX_TARGETS_JSON = 64 << 20  # hashed in chunks, never parsed here: only the hash time grows
+MAX_BUNDLE_TARGETS_JSON = 1 << 20
+MAX_SNAPSHOT_JSON = 64 << 10  # parsed for the version alone: a real one is under 2 KiB
+HASH_CHUNK = 64 << 10
 MARKER = "tuf/targets.json"
 
 
@@ -49,6 +63,8 @@ def mount_options(s: AgentSettings, fs_type: str, *, rw: bool = False) -> str:
     opts = [o for o in base.split(",") if o]
     if fs_type in FAT_TYPES:
         opts += [o for o in s.fat_mount_options.split(",") if o]
+    elif fs_type in JOURNAL_TYPES and not rw and "noload" not in opts:
+        opts.append("noload")
     return ",".join(opts)
 
 
@@ -113,8 +129,8 @@ class Media:
             _rmdir(point)
             why = (proc.stderr or proc.stdout).strip().splitlines()
             raise MediaError(
-                f"cannot mount {stick.devnode} ({stick.fs_type}): "
-                f"{why[-1] if why else f'{argv[0]} exited {proc.returncode}'}"
+                f"cannot mount {safe_text(stick.devnode, 100)} ({safe_text(stick.fs_type, 20)}): "
+                + safe_text(why[-1] if why else f"{argv[0]} exited {proc.returncode}", 200)
             )
         self._log.info(
             "mounted", device=stick.devnode, mountpoint=str(point), rw=rw, seconds=seconds
@@ -138,7 +154,9 @@ class Media:
             return True
         proc = self._run(fill(self.s.lazy_umount_command, mountpoint=str(point)))
         if proc.returncode != 0 and is_mounted(point):
-            self._log.error("cannot unmount", mountpoint=str(point), error=proc.stderr.strip())
+            self._log.error(
+                "cannot unmount", mountpoint=str(point), error=safe_text(proc.stderr.strip(), 200)
+            )
             return False
         return True
 
@@ -152,9 +170,28 @@ class NoBundle(Exception):
     """The stick holds no bundle, or more than one (the message says which)."""
 
 
-def _digest(dirfd: int, rel: str) -> tuple[str, bytes]:
-    data = safeio.read_file(dirfd, rel, MAX_TARGETS_JSON)
-    return hashlib.sha256(data).hexdigest(), data
+def _hash_into(dirfd: int, rel: str, max_size: int, *hashes: Any) -> None:
+    """Feed a file of at most `max_size` bytes to `hashes` chunk by chunk (bounded memory)."""
+    total = 0
+    with safeio.open_file(dirfd, rel, max_size) as fh:
+        while chunk := fh.read(HASH_CHUNK):
+            total += len(chunk)
+            if total > max_size:
+                raise safeio.UnsafePathError(rel, f"grew past the {max_size} bytes allowed")
+            for h in hashes:
+                h.update(chunk)
+
+
+def targets_version(dirfd: int, rel: str) -> Optional[int]:
+    """The version snapshot.json gives targets.json, read from a small file; None when absent,
+    too large or malformed (the updater judges the metadata; here it only names the bundle)."""
+    try:
+        data = safeio.read_file(dirfd, rel + "tuf/snapshot.json", MAX_SNAPSHOT_JSON)
+        entry = json.loads(data)["signed"]["meta"]["targets.json"]
+        version = entry["version"]
+    except (OSError, safeio.UnsafePathError, ValueError, KeyError, TypeError, RecursionError):
+        return None
+    return version if isinstance(version, int) and not isinstance(version, bool) else None
 
 
 def find_bundle(root: Path, fs_uuid: str = "") -> BundleOnStick:
@@ -162,7 +199,7 @@ def find_bundle(root: Path, fs_uuid: str = "") -> BundleOnStick:
     try:
         rootfd = safeio.open_root(root)
     except (OSError, safeio.UnsafePathError) as exc:
-        raise NoBundle(f"cannot read the stick: {exc}") from exc
+        raise NoBundle(f"cannot read the stick: {safe_text(exc, 300)}") from exc
     try:
         if safeio.exists(rootfd, MARKER):
             sub = ""
@@ -179,22 +216,19 @@ def find_bundle(root: Path, fs_uuid: str = "") -> BundleOnStick:
             if not found:
                 raise NoBundle("no update bundle (tuf/targets.json) on the stick")
             if len(found) > 1:
-                raise NoBundle(f"several bundles on the stick ({', '.join(found)}): keep one")
+                names = safe_text(", ".join(found), 300)
+                raise NoBundle(f"several bundles on the stick ({names}): keep one")
             sub = found[0]
         rel = f"{sub}/" if sub else ""
-        digest, data = _digest(rootfd, rel + MARKER)
-        extra = hashlib.sha256(data)
+        targets = hashlib.sha256()
+        identity = hashlib.sha256()  # sha256(targets.json + bundle-targets.json), as before
+        _hash_into(rootfd, rel + MARKER, MAX_TARGETS_JSON, targets, identity)
         if safeio.exists(rootfd, rel + "tuf/bundle-targets.json"):
-            extra.update(_digest(rootfd, rel + "tuf/bundle-targets.json")[1])
+            _hash_into(rootfd, rel + "tuf/bundle-targets.json", MAX_BUNDLE_TARGETS_JSON, identity)
+        version = targets_version(rootfd, rel)
     except (OSError, safeio.UnsafePathError) as exc:
-        raise NoBundle(f"cannot read the bundle: {exc}") from exc
+        raise NoBundle(f"cannot read the bundle: {safe_text(exc, 300)}") from exc
     finally:
         os.close(rootfd)
-    version: Optional[int] = None
-    try:
-        signed = json.loads(data).get("signed", {})
-        version = int(signed["version"]) if isinstance(signed, dict) else None
-    except (ValueError, KeyError, TypeError, AttributeError):
-        pass  # the updater judges the metadata; here it only names the bundle
-    identity = f"{fs_uuid or '-'}:{sub or '.'}:{extra.hexdigest()[:32]}"
-    return BundleOnStick(root / sub if sub else root, identity, digest, version)
+    ident = f"{fs_uuid or '-'}:{sub or '.'}:{identity.hexdigest()[:32]}"
+    return BundleOnStick(root / sub if sub else root, ident, targets.hexdigest(), version)

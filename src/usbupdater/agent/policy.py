@@ -5,8 +5,9 @@ Kept free of I/O so every code is unit-tested; the service only carries the deci
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 # Short meanings for people (status file, report), by exit code.
 MEANINGS: dict[int, str] = {
@@ -104,3 +105,21 @@ def after_run(
     if code == 40:
         return Decision("done", UP_TO_DATE, "nothing was pending")
     return _failed(code, reason)
+
+
+# Codes an `install` can only return once the bundle's metadata verified against the device's
+# roots (spec section 4): anything else, an unknown code or no code at all (the updater did not
+# run or finish) means the stick proved nothing, and it gets no report (and no read-write mount).
+VERIFIED_CODES = frozenset((0, 6, 8, 20, 30, 40, 60, 80, 90, 99, 100, 101, 102, 110, 120))
+UNVERIFIED_CODES = frozenset((1, 11, 12, 14, 15))
+
+
+def metadata_verified(code: Optional[int]) -> bool:
+    """True when `code` comes after the bundle's metadata verified (spec section 4)."""
+    return code in VERIFIED_CODES
+
+
+def report_allowed(outcomes: Sequence[Mapping[str, Any]]) -> bool:
+    """A report goes to the stick only when one of the job's `install` calls verified the
+    bundle's metadata: a stick that proved nothing learns nothing about the device."""
+    return any(o.get("command") == "install" and metadata_verified(o.get("code")) for o in outcomes)

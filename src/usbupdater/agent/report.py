@@ -4,6 +4,11 @@ JSON for tools plus a few human lines, in `<stick>/<report_dir>/`, written durin
 read-write mount and fsynced before the stick is unmounted. The stick is untrusted: the report
 directory must be a real directory on the stick's own filesystem (never a symlink leading out of
 it), and nothing outside it is written.
+
+A report is written only for a bundle whose metadata verified against the device's roots
+(`policy.report_allowed`), and it never holds the machine-id (`settings.pseudonym`). Every string
+in it may come from the stick or the core's reason, so each one is escaped (`textsafe`): the text
+file is one line per item, and both files are valid UTF-8 whatever bytes the stick's names hold.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ from usbupdater.agent.journal import JobRecord
 from usbupdater.agent.policy import meaning
 from usbupdater.agent.settings import AgentSettings
 from usbupdater.fsutil import atomic_write
+from usbupdater.textsafe import clean, safe_text
 
 REPORT_VERSION = 1
+MAX_VALUE = 500  # characters of any string value (after escaping)
 
 
 def iso(ts: float) -> str:
@@ -40,7 +47,7 @@ def build(
     ]
     for o in job.outcomes:
         errors += [e for e in o.get("errors", []) if e not in errors]
-    return {
+    doc = {
         "usbupdater_report": REPORT_VERSION,
         "result": result,
         "message": message,
@@ -56,6 +63,7 @@ def build(
         "started": iso(job.started),
         "finished": iso(now),
     }
+    return clean(doc, MAX_VALUE)  # type: ignore[no-any-return]
 
 
 def text(doc: dict[str, Any]) -> str:
@@ -72,7 +80,7 @@ def text(doc: dict[str, Any]) -> str:
         reason = f" ({step['reason']})" if step.get("reason") else ""
         lines.append(f"  {step['time']} {step['command']}: exit {step['code']}{reason}")
     lines += [f"Error: {e}" for e in doc["errors"]]
-    return "\n".join(lines) + "\n"
+    return "\n".join(safe_text(line, 2 * MAX_VALUE) for line in lines) + "\n"
 
 
 def file_stem(doc: dict[str, Any]) -> str:

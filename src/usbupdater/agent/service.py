@@ -6,6 +6,10 @@ calls the updater and acts on its exit codes (policy.py). Everything that must s
 a reboot is in the journal before the step that may not return. At start the service first
 finishes what the marker says is in flight, then looks at the sticks already present, then
 listens.
+
+Names from the stick and the core's reasons reach people only escaped (`textsafe`; the status
+board escapes whatever it is given), and the stick is written to (the report, through a short
+read-write mount) only when the core's exit code says the bundle's metadata verified.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from usbupdater.agent.media import BundleOnStick, Media, MediaError, NoBundle, f
 from usbupdater.agent.settings import AgentSettings
 from usbupdater.agent.status import StatusBoard, sd_notify
 from usbupdater.agent.watcher import Debouncer, UdevWatcher, UEvent
+from usbupdater.textsafe import safe_text
 
 
 class _Signal:
@@ -219,7 +224,7 @@ class Service:
         try:
             hold = self.handle(job)
         except Exception as exc:  # a bug must not kill the service; say it and stay up
-            self._log.exception("unexpected error while handling a stick")
+            self._log.exception("unexpected error while handling a stick", error=safe_text(exc))
             self._unmount(job)
             self.status.set("safe-to-remove", f"internal error: {exc!r}", result=policy.FAILED)
         finally:
@@ -242,7 +247,7 @@ class Service:
         try:
             bundle = find_bundle(job.mountpoint, stick.fs_uuid)
         except NoBundle as exc:
-            self._log.info("stick ignored", device=stick.devnode, reason=str(exc))
+            self._log.info("stick ignored", device=stick.devnode, reason=safe_text(exc))
             self._unmount(job)
             self.status.set("idle", f"{stick.devnode}: {exc}; ignored", result=None)
             return False
@@ -296,7 +301,9 @@ class Service:
 
     def _record(self, rec: JobRecord, out: Outcome) -> None:
         rec.outcomes.append(out.to_json())
-        self._log.info("updater result", command=out.command, code=out.code, reason=out.reason)
+        self._log.info(
+            "updater result", command=out.command, code=out.code, reason=safe_text(out.reason)
+        )
 
     def _act(self, rec: JobRecord, d: policy.Decision, job: Optional[Job], aklite: bool) -> bool:
         """Carry out decisions until the job is done or a reboot is under way."""
@@ -423,6 +430,9 @@ class Service:
     def _write_report(self, rec: JobRecord, result: str, message: str, job: Optional[Job]) -> None:
         """Write the report to the stick if it is (still) plugged in; never fail the job."""
         if not self.s.write_report:
+            return
+        if not policy.report_allowed(rec.outcomes):  # the stick proved nothing: tell it nothing
+            self._log.info("no report written: the bundle's metadata did not verify")
             return
         stick = job.stick if job is not None else self._find_stick(rec.stick.get("fs_uuid", ""))
         if stick is None or (job is not None and job.gone.is_set()):

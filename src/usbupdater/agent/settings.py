@@ -8,6 +8,8 @@ the kernel's vfat, scripts instead of systemctl). Commands are strings split lik
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import shlex
 import sys
@@ -96,7 +98,8 @@ class AgentSettings:
     max_reboots: int = 3
     command_timeout: float = 120.0
     updater_timeout: float = 3600.0
-    # Identity written into reports.
+    # Identity written into reports: `[provision] primary_ecu_serial`, else a pseudonym of the
+    # machine-id (never the machine-id itself).
     hardware_id: str = ""
     device_serial: str = ""
 
@@ -154,7 +157,7 @@ class AgentSettings:
             command_timeout=t.get_float("command_timeout", cls.command_timeout),
             updater_timeout=t.get_float("updater_timeout", cls.updater_timeout),
             hardware_id=cfg.provision.primary_ecu_hardware_id,
-            device_serial=cfg.provision.primary_ecu_serial or _machine_id(),
+            device_serial=cfg.provision.primary_ecu_serial or machine_pseudonym(),
         )
 
     def updater_args(self, *args: str) -> list[str]:
@@ -168,13 +171,42 @@ class AgentSettings:
         return self.runtime_dir / "boot-token"
 
 
-def _machine_id() -> str:
-    """A stable id for reports when the config names no serial."""
-    for p in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+# The application id for the report's serial pseudonym (a fixed random 128-bit id, never
+# changed: changing it changes every device's pseudonym).
+SERIAL_APP_ID = bytes.fromhex("04d0c67edc1848b6b969a929efb2f0c0")
+PSEUDONYM_HEX = 16
+
+
+def pseudonym(machine_id: str) -> str:
+    """The serial a report shows when the config names none: the same for the same device in
+    every report, but neither the machine-id nor another program's id can be derived from it.
+
+    It is systemd's application-specific id (`sd_id128_get_machine_app_specific`: HMAC-SHA256
+    keyed by the machine-id over SERIAL_APP_ID), truncated to 16 hex digits, so a technician can
+    match a report to a device with `systemd-id128 machine-id --app-specific=<SERIAL_APP_ID>`.
+    """
+    try:
+        key = bytes.fromhex(machine_id.strip())
+    except ValueError:
+        key = b""
+    if len(key) != 16:  # not a machine-id: still hash it, never show it
+        key = machine_id.strip().encode("utf-8", "surrogateescape")
+    digest = bytearray(hmac.new(key, SERIAL_APP_ID, hashlib.sha256).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x40  # the UUID v4 bits systemd sets
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    return digest.hex()[:PSEUDONYM_HEX]
+
+
+MACHINE_ID_PATHS = ("/etc/machine-id", "/var/lib/dbus/machine-id")
+
+
+def machine_pseudonym(paths: tuple[str, ...] = MACHINE_ID_PATHS) -> str:
+    """`pseudonym` of this machine's id; empty when there is none."""
+    for p in paths:
         try:
             value = Path(p).read_text(encoding="ascii").strip()
         except (OSError, UnicodeDecodeError):
             continue
         if value:
-            return value
+            return pseudonym(value)
     return ""

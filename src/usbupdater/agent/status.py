@@ -5,6 +5,10 @@ read it at any time. The notify command runs on each phase change only (an LED d
 every percent), synchronously and with a short timeout, so its calls arrive in order; its failure
 never stops an update. The console gets one line per phase and per 10 % of a long step: enough for
 a technician watching a serial console, not a flood.
+
+Messages and fields may carry stick-controlled names (folder, target, label) and the core's
+reason: every string is passed through `textsafe.safe_text` when it enters the board, so the
+status file, the notify hook, the console and sd_notify only ever see one escaped line.
 """
 
 from __future__ import annotations
@@ -20,8 +24,11 @@ from typing import Any, Callable, Optional
 from usbupdater import log
 from usbupdater.agent.settings import AgentSettings
 from usbupdater.fsutil import atomic_write
+from usbupdater.textsafe import clean, safe_text
 
 NOTIFY_TIMEOUT = 10.0
+MAX_MESSAGE = 300  # characters of a status message (after escaping)
+MAX_FIELD = 200  # characters of any other string field
 # O_CREAT: the console may be a log file; /dev/console always exists.
 _CONSOLE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOCTTY | os.O_NONBLOCK
 _CONSOLE_FLAGS |= os.O_CLOEXEC
@@ -50,9 +57,11 @@ def sd_notify(message: str) -> None:
         return
     if addr.startswith("@"):
         addr = "\0" + addr[1:]
+    # One line per field: a newline in a stick's name must not start a forged assignment.
+    message = "\n".join(safe_text(line, 400) for line in message.split("\n"))
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.sendto(message.encode(), addr)
+            sock.sendto(message.encode("utf-8", "replace"), addr)
     except OSError:
         pass
 
@@ -75,8 +84,8 @@ class StatusBoard:
         """Move to `phase`; other keys (target, device, result, code, ...) are kept until reset."""
         previous = self.doc.get("phase")
         doc = dict(self.doc)
-        doc.update(fields)
-        doc.update(phase=phase, message=message, time=iso(self.clock()))
+        doc.update(clean(fields, MAX_FIELD))
+        doc.update(phase=phase, message=safe_text(message, MAX_MESSAGE), time=iso(self.clock()))
         doc.setdefault("percent", None)
         if phase != previous and "percent" not in fields:
             doc["percent"] = None
@@ -85,15 +94,15 @@ class StatusBoard:
         self._write()
         if phase != previous:
             self._notify()
-            sd_notify(f"STATUS={phase}: {message}"[:200])
+            sd_notify(f"STATUS={phase}: {doc['message']}"[:200])
         self._console()
 
     def progress(self, percent: Optional[float], message: str, step: str = "") -> None:
         """A progress record from the core, inside the current phase."""
         self.doc.update(
             percent=None if percent is None else round(max(0.0, min(100.0, percent)), 1),
-            message=message or self.doc.get("message", ""),
-            step=step or self.doc.get("step"),
+            message=safe_text(message, MAX_MESSAGE) if message else self.doc.get("message", ""),
+            step=safe_text(step, MAX_FIELD) if step else self.doc.get("step"),
             time=iso(self.clock()),
         )
         self._write()
@@ -102,7 +111,7 @@ class StatusBoard:
     def reset(self, **fields: Any) -> None:
         """Forget the previous job's fields (target, device, result, ...)."""
         self.doc = {k: v for k, v in self.doc.items() if k in ("phase", "message")}
-        self.doc.update(fields)
+        self.doc.update(clean(fields, MAX_FIELD))
 
     def _write(self) -> None:
         data = json.dumps(self.doc, indent=1, sort_keys=True).encode() + b"\n"
@@ -153,7 +162,7 @@ class StatusBoard:
             return
         self._console_mark = (phase, decile)
         shown = "" if pct is None else f" {pct:.0f}%"
-        line = f"usbupdater: {phase}{shown} {d.get('message', '')}".rstrip() + "\n"
+        line = safe_text(f"usbupdater: {phase}{shown} {d.get('message', '')}".rstrip(), 400) + "\n"
         try:
             fd = os.open(self.s.console, _CONSOLE_FLAGS, 0o644)
         except OSError:
