@@ -51,8 +51,14 @@ def test_unit_policy() -> None:
         "Restart=on-failure",
         "KillMode=mixed",
         "WantedBy=multi-user.target",
+        "MemoryHigh=200M",
+        "MemoryMax=300M",
+        "RestartSec=10s",
     ):
         assert line in text, line
+    unit_section = text.split("[Service]")[0]  # start limits belong to [Unit] (systemd >= 230)
+    assert "StartLimitIntervalSec=10min" in unit_section
+    assert "StartLimitBurst=5" in unit_section
 
 
 def test_rule_never_runs_the_update() -> None:
