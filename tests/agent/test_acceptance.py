@@ -5,6 +5,7 @@ stopped, `SimDevice.reboot()` wipes /run and boots) and starts the service again
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import signal
@@ -24,7 +25,9 @@ from tests.agent.conftest import (
     write_script,
 )
 from tests.integration.rig import Rig
-from usbupdater.sim.apps import AppSpec, ServiceSpec
+from usbupdater.agent import policy
+from usbupdater.agent.settings import machine_pseudonym
+from usbupdater.sim.apps import AppSpec, ServiceSpec, corrupt_blob
 from usbupdater.sim.dockerd import PrivateDockerd
 from usbupdater.sim.factory import Factory, PublishedTarget, TargetSpec
 from usbupdater.sim.signer import edit
@@ -216,7 +219,17 @@ def test_stick_without_bundle_is_ignored(bench: Any, tmp_path: Path) -> None:
     assert not mounts_under(b.tmp / "media")
 
 
-def test_tampered_bundle_reported_device_unchanged(bench: Any) -> None:
+def image_sha256(img: Path) -> str:
+    h = hashlib.sha256()
+    with open(img, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def test_tampered_bundle_gets_no_report_stick_and_device_unchanged(bench: Any) -> None:
+    """Metadata that does not verify: the stick proved nothing, so it is not remounted
+    read-write and learns nothing about the device; not one byte of it changes."""
     b = bench()
     before = b.rig.snapshot()
     bundle = b.stick(2)
@@ -225,16 +238,40 @@ def test_tampered_bundle_reported_device_unchanged(bench: Any) -> None:
         edit(targets.read_bytes(), lambda s: s.update(expires="2099-01-01T00:00:00Z"))
     )
     img = b.image(bundle)
+    stick_before = image_sha256(img)
     b.agent.start()
     b.sticks.attach(img)
     st = b.wait_done()
-    assert st["result"] == "failed" and st["code"] not in (0, 100, 101), st
+    assert st["result"] == "failed" and not policy.metadata_verified(st["code"]), st
+    assert st["message"]  # says why
     assert b.rig.snapshot() == before
     b.agent.stop()
+    assert not b.reports(img)
+    events = [r["event"] for r in b.agent.log_records()]
+    assert "no report written: the bundle's metadata did not verify" in events
+    assert not [r for r in b.agent.log_records() if r.get("event") == "mounted" and r.get("rw")]
+    b.sticks.detach(img)
+    assert image_sha256(img) == stick_before
+
+
+def test_verified_failure_is_reported_with_a_pseudonymous_serial(bench: Any) -> None:
+    """A bundle whose metadata verifies but whose content does not (80) is reported; the
+    report's serial is the configured one or the machine-id's pseudonym, never the machine-id."""
+    b = bench()
+    bundle = b.stick(3)
+    corrupt_blob(bundle / "apps", T(b.factory, 3).apps["web"].images["main"].layer_digests[-1])
+    img = b.image(bundle)
+    b.agent.start()
+    b.sticks.attach(img)
+    st = b.wait_done()
+    assert st["result"] == "failed" and policy.metadata_verified(st["code"]), st
+    b.agent.stop()
     (rep,) = b.reports(img)
-    assert rep["result"] == "failed"
-    assert rep["errors"] and rep["steps"][0]["code"] == st["code"]
-    assert rep["message"]  # says why
+    assert rep["result"] == "failed" and rep["steps"][0]["code"] == st["code"]
+    machine_id = Path("/etc/machine-id").read_text().strip()
+    serial = rep["device"]["serial"]
+    assert serial and machine_id not in json.dumps(rep)
+    assert serial == machine_pseudonym()  # the rig names no primary_ecu_serial
 
 
 def test_two_sticks_one_at_a_time(bench: Any) -> None:
