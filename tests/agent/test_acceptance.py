@@ -5,12 +5,16 @@ stopped, `SimDevice.reboot()` wipes /run and boots) and starts the service again
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,7 @@ from tests.agent.conftest import (
     wait_for,
     write_script,
 )
+from tests.agent.test_hygiene import huge_targets, vm_hwm_kib
 from tests.integration.rig import Rig
 from usbupdater.agent import policy
 from usbupdater.agent.settings import machine_pseudonym
@@ -360,3 +365,77 @@ def test_sigterm_is_a_clean_stop(bench: Any) -> None:
     assert b.agent.proc is not None
     assert b.agent.proc.wait(10) == 0
     assert subprocess.run(["pgrep", "-f", str(b.agent_cfg)], capture_output=True).returncode == 1
+
+
+NASTY_DIR = os.fsdecode(b"upd\x1b[2J\rfake line\nate\xff\xfe" + "\u202egnp.exe".encode())
+
+
+def printable(text: str) -> bool:
+    return all(unicodedata.category(c) not in ("Cc", "Cf", "Cs", "Cn", "Zl", "Zp") for c in text)
+
+
+def test_hostile_folder_name_is_escaped_everywhere(
+    bench: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bundle sits in a folder whose name holds a terminal escape, CR, LF, bytes that are not
+    UTF-8 and a bidi override: the job completes as it should, and every line people see (status
+    file, console, sd_notify, report) is one clean escaped line."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify.sock"))
+    sock.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+    try:
+        b = bench()
+        content = tmp_path / "nasty-stick"
+        b.factory.write_bundle(content / NASTY_DIR, [T(b.factory, 3).name])
+        img = b.image(content)
+        b.agent.start()
+        b.sticks.attach(img)
+        st = b.wait_done()
+        notes = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                notes.append(sock.recv(4096))
+    finally:
+        sock.close()
+    assert st["result"] == "updated", st
+    assert b.rig.state().current.name == T(b.factory, 3).name
+    b.agent.stop()
+    log = b.agent.log.read_text(errors="replace")
+    assert "Traceback" not in log and "unexpected error" not in log
+    for v in (st["message"], json.dumps(st)):
+        assert printable(v)
+    console = (b.tmp / "console.log").read_bytes().decode("utf-8")
+    lines = console.splitlines()
+    assert lines and all(ln.startswith("usbupdater: ") and printable(ln) for ln in lines)
+    assert console.count("\n") == len(lines)  # no stray CR or LF inside a line
+    statuses = [n.decode("utf-8") for n in notes if n.startswith(b"STATUS=")]
+    assert statuses and all(printable(m) for m in statuses)
+    (rep,) = [d for d in b.reports(img) if d["result"] == "updated"]
+    ident = rep["bundle"]["identity"]
+    assert printable(ident) and "\\x1b[2J\\x0dfake line\\x0aate\\xff\\xfe\\u202e" in ident
+    txt = sh("debugfs", "-R", "ls /usbupdater-reports", str(img)).stdout
+    name = next(n for n in txt.split() if n.endswith(".txt"))
+    dump = tmp_path / "report.txt"
+    sh("debugfs", "-R", f"dump /usbupdater-reports/{name} {dump}", str(img))
+    text = dump.read_bytes().decode("utf-8")
+    assert all(printable(line) for line in text.splitlines())
+
+
+def test_64mib_targets_json_keeps_the_service_small(bench: Any) -> None:
+    """An unsigned 64 MiB targets.json (json.loads would need over 1 GB) is only hashed in chunks
+    to identify the bundle: the service's own peak RSS stays far below its MemoryHigh."""
+    b = bench()
+    bundle = b.stick(3)
+    huge_targets(bundle / "tuf" / "targets.json")
+    img = b.image(bundle)
+    b.agent.start()
+    b.agent.wait_status(lambda s: s.get("phase") == "idle", 30, "idle")
+    assert b.agent.proc is not None
+    b.sticks.attach(img)
+    st = b.wait_done(timeout=180)
+    peak = vm_hwm_kib(b.agent.proc.pid)
+    assert st["result"] == "failed" and not policy.metadata_verified(st["code"]), st
+    assert peak < 60 * 1024, f"service peak RSS {peak} KiB"
+    b.agent.stop()
+    assert not b.reports(img)
