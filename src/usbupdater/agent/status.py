@@ -94,7 +94,7 @@ class StatusBoard:
         self._write()
         if phase != previous:
             self._notify()
-            sd_notify(f"STATUS={phase}: {doc['message']}"[:200])
+            sd_notify(f"STATUS={phase}: {safe_text(doc['message'], 180)}")
         self._console()
 
     def progress(self, percent: Optional[float], message: str, step: str = "") -> None:
