@@ -154,3 +154,11 @@ def test_cleanup_on_exception_and_after_vanish(source: Path, tmp_path: Path) -> 
         stick.vanish()
         assert not is_mounted(stick.path)
     assert not stick.alive()
+
+
+def test_release_ends_a_stall(source: Path, tmp_path: Path) -> None:
+    with FaultStick(source, tmp_path / "mnt", stall=("d/f", N, 3600)) as stick:
+        reader = start_stalled_reader(stick)
+        stick.release()
+        assert reader.wait(timeout=5) == 0
+        assert stick.wait_for("stall", timeout=0)

@@ -9,7 +9,8 @@ Faults are chosen per file (path relative to the bundle), at a byte offset:
 - `eio_at=(rel, n)`: a read ending past byte n returns the bytes before n, the next one EIO;
 - `stall=(rel, n, seconds)`: a read that covers byte n blocks for `seconds`, then completes.
   A signal to the reader (a kill) interrupts it with EINTR, as when the host gives up on a hung
-  device; with `stall_interruptible=False` the reader sits in the kernel (state D, unkillable)
+  device; `FaultStick.release()` ends every stall early (a test's sync point). With
+  `stall_interruptible=False` the reader sits in the kernel (state D, unkillable)
   until the stall ends or the stick is pulled (`vanish()`), as on a hung USB device;
 - `vanish_at=(rel, n)`: a read covering byte n detaches the mount (lazily) and ends the daemon,
   as a pulled stick does: that read and every later call on the stick fail.
@@ -83,8 +84,10 @@ class FaultStick:
         self.mountpoint = Path(mountpoint).absolute()
         self.events_file = self.mountpoint.parent / f".{self.mountpoint.name}.events"
         self.log_file = self.mountpoint.parent / f".{self.mountpoint.name}.log"
+        self.release_file = self.mountpoint.parent / f".{self.mountpoint.name}.release"
         self.argv = [sys.executable, "-m", "usbupdater.sim.faultfs", str(self.source)]
         self.argv += [str(self.mountpoint), "--events", str(self.events_file)]
+        self.argv += ["--release", str(self.release_file)]
         if eio_at is not None:
             self.argv += ["--eio-at", f"{eio_at[1]}:{eio_at[0]}"]
         if stall is not None:
@@ -103,6 +106,7 @@ class FaultStick:
     def __enter__(self) -> FaultStick:
         self.mountpoint.mkdir(parents=True, exist_ok=True)
         self.events_file.write_text("")
+        self.release_file.unlink(missing_ok=True)
         with open(self.log_file, "wb") as log:
             self.proc = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
@@ -130,6 +134,19 @@ class FaultStick:
             return self.events_file.read_text().splitlines()
         except FileNotFoundError:
             return []
+
+    def wait_for(self, kind: str, timeout: float = 30) -> bool:
+        """Wait until a fault of `kind` (eio, stall, vanish) fired; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while not any(e.split()[0] == kind for e in self.events()):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def release(self) -> None:
+        """End the stalls now: the stalled read completes and later ones pass."""
+        self.release_file.write_text("")
 
     def vanish(self) -> None:
         """Pull the stick now: the daemon dies, the mount is detached."""
@@ -174,6 +191,7 @@ def _make_ops(
     source: Path,
     mountpoint: Path,
     events: Path,
+    release: Path,
     eio_at: Optional[FileFault],
     stall: Optional[StallFault],
     vanish_at: Optional[FileFault],
@@ -204,7 +222,7 @@ def _make_ops(
     def hold(seconds: float, offset: int, rel: str) -> None:
         record("stall", offset, rel)
         deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not release.exists():
             # With `-o intr` libfuse marks a request the kernel asked to interrupt.
             if interruptible and libfuse.fuse_interrupted():
                 record("interrupted", offset, rel)
@@ -258,7 +276,12 @@ def _make_ops(
         def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
             rel = path.strip("/")
             end = offset + size
-            if stall is not None and rel == stall[0] and offset <= stall[1] < end:
+            if (
+                stall is not None
+                and rel == stall[0]
+                and offset <= stall[1] < end
+                and not release.exists()
+            ):
                 hold(stall[2], offset, rel)
             if vanish_at is not None and rel == vanish_at[0] and end > vanish_at[1]:
                 if offset >= vanish_at[1]:
@@ -283,6 +306,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("source", type=Path)
     ap.add_argument("mountpoint", type=Path)
     ap.add_argument("--events", type=Path, required=True)
+    ap.add_argument("--release", type=Path, required=True)
     ap.add_argument("--eio-at", type=lambda s: _parse_fault(s, 2))
     ap.add_argument("--stall", type=lambda s: _parse_fault(s, 3))
     ap.add_argument("--vanish-at", type=lambda s: _parse_fault(s, 2))
@@ -294,6 +318,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         args.source.resolve(),
         args.mountpoint.absolute(),
         args.events,
+        args.release,
         args.eio_at,
         args.stall,
         args.vanish_at,
