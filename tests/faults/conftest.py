@@ -7,6 +7,7 @@ shared private dockerd); v2 changes the rootfs (1 MiB of random bytes, so the pu
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -104,6 +105,21 @@ def unchanged(rig: Rig, before: dict[str, Any]) -> None:
             **{k: (before[k], after[k]) for k in before if k != "files" and before[k] != after[k]},
         }
         raise AssertionError(f"the device changed: {diff}\n{rig.describe()}")
+
+
+def pull_running(repo: Path) -> list[int]:
+    """PIDs of `ostree pull-local` processes writing into `repo`."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"pull-local" in cmd and f"--repo={repo}".encode() in cmd:
+            found.append(int(pid))
+    return found
 
 
 def one_line(rig: Rig) -> str:

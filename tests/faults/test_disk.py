@@ -22,7 +22,7 @@ from typing import Optional
 
 import pytest
 
-from tests.faults.conftest import Kit, on_v1, one_line, unchanged
+from tests.faults.conftest import Kit, converges, on_v1, one_line, pull_running, unchanged
 from tests.integration.rig import Rig
 from usbupdater.sim.dockerd import PrivateDockerd
 from usbupdater.sim.faultfs import FaultStick
@@ -120,20 +120,6 @@ def tiny(tmp_path: Path, kit: Kit, dockerd: PrivateDockerd) -> Iterator[Tiny]:
             rig.device.destroy()
 
 
-def pull_running(sysroot: Path) -> bool:
-    """An `ostree pull-local` into this sysroot is still running."""
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"pull-local" in cmd and any(str(sysroot).encode() in a for a in cmd):
-            return True
-    return False
-
-
 def fill_under_install(
     t: Tiny, kit: Kit, tmp_path: Path, stall_in: str, fs: TinyFs, *, after_pull: bool = False
 ) -> None:
@@ -217,26 +203,28 @@ def test_rootfs_does_not_fit_60_before_the_pull(tiny: Tiny, kit: Kit, tmp_path: 
 def test_fills_during_the_app_blob_copy(tiny: Tiny, kit: Kit, tmp_path: Path) -> None:
     before, free = start(tiny, kit)
     fill_under_install(tiny, kit, tmp_path, kit.layer_blob(), tiny.apps)
-    no_space(tiny.rig, (1, 60))
     settle(tiny, before, free)
+    no_space(tiny.rig, (1, 60))
 
 
 def test_fills_during_the_ostree_pull(tiny: Tiny, kit: Kit, tmp_path: Path) -> None:
     before, free = start(tiny, kit)
     fill_under_install(tiny, kit, tmp_path, kit.filez(), tiny.sysroot)
-    no_space(tiny.rig, (1, 60))
     settle(tiny, before, free)
+    no_space(tiny.rig, (1, 60))
 
 
 def test_fills_during_the_deploy(tiny: Tiny, kit: Kit, tmp_path: Path) -> None:
     before, free = start(tiny, kit)
     fill_under_install(tiny, kit, tmp_path, kit.layer_blob(), tiny.sysroot, after_pull=True)
-    no_space(tiny.rig, (1, 60))
     settle(tiny, before, free)
+    no_space(tiny.rig, (1, 60))
+    converges(tiny.rig, kit)
 
 
 def test_fills_during_the_state_write(tiny: Tiny, kit: Kit, tmp_path: Path) -> None:
     before, free = start(tiny, kit)
     fill_under_install(tiny, kit, tmp_path, kit.layer_blob(), tiny.state)
-    no_space(tiny.rig, (1, 60))
     settle(tiny, before, free)
+    no_space(tiny.rig, (1, 60))
+    converges(tiny.rig, kit)

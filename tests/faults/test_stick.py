@@ -6,6 +6,7 @@ the fault reaches usbupdater and ostree through the kernel, as a dying USB stick
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import Kit, converges, on_v1, one_line, unchanged
+from tests.faults.conftest import Kit, converges, on_v1, one_line, pull_running, unchanged
 from tests.integration.rig import Rig
 from usbupdater.sim.faultfs import FaultStick, FileFault
 
@@ -127,3 +128,42 @@ def test_stall_in_a_layer_ends_with_the_kill(rig: Rig, kit: Kit, tmp_path: Path)
     converges(rig, kit)
     leftovers = [p.name for p in store.iterdir() if p.name.startswith(".tmp-")]
     assert not leftovers, f"the partial copy of the killed install is still there: {leftovers}"
+
+
+def test_stall_in_the_pull_the_killed_core_takes_ostree_with_it(
+    rig: Rig, kit: Kit, tmp_path: Path
+) -> None:
+    """The agent stops a core that overran its time with a signal to the core alone; the ostree
+    pull it started, blocked on the same stick, must not outlive it (spec: children die with
+    their parent)."""
+    on_v1(rig, kit)
+    before = rig.snapshot()
+    repo = rig.device.sysroot / "ostree" / "repo"
+    left: list[int] = []
+    with FaultStick(kit.b2, tmp_path / "stick", stall=(kit.filez(), 4096, 3600.0)) as stick:
+        argv = [sys.executable, "-m", "usbupdater", "install", "-s", str(stick.path)]
+        core = subprocess.Popen(
+            [*argv, "-c", str(rig.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            assert stick.wait_for("stall"), "the pull never reached the stall"
+            assert pull_running(repo), "no ostree pull is running"
+            core.terminate()  # what the agent's updater_timeout does
+            assert core.wait(timeout=10) == -signal.SIGTERM
+            deadline = time.monotonic() + 5
+            while (left := pull_running(repo)) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            if core.poll() is None:
+                os.killpg(core.pid, signal.SIGKILL)
+            for pid in pull_running(repo):  # an orphan of this test's own core
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    assert not left, f"ostree pull-local {left} outlived the killed core"
+    after = rig.snapshot()
+    for key in ("deployments", "images", "containers"):
+        assert after[key] == before[key]
+    converges(rig, kit)
