@@ -119,10 +119,25 @@ def open_file(dirfd: int, relpath: str, max_size: int) -> BinaryIO:
         raise
 
 
+def read_upto(fh: BinaryIO, limit: int) -> bytes:
+    """Read until EOF or `limit` bytes. Files here are unbuffered: one read() is one read(2),
+    which a failing device answers with the bytes before the bad spot; looping makes the I/O
+    error surface as one instead of as a short file that then "fails to parse" or "mismatches"."""
+    parts: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = fh.read(limit - size)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
+
+
 def read_file(dirfd: int, relpath: str, max_size: int) -> bytes:
     """Read a whole small file, refusing it if it grew past `max_size` while being read."""
     with open_file(dirfd, relpath, max_size) as fh:
-        data = fh.read(max_size + 1)
+        data = read_upto(fh, max_size + 1)
     if len(data) > max_size:
         raise UnsafePathError(relpath, f"grew past the {max_size} bytes allowed")
     return data
