@@ -157,7 +157,7 @@ def test_tgz_bomb_bounded(bundle_copy) -> None:
     root, written = bundle_copy("tgz-bomb")
     tracemalloc.start()
     try:
-        _fails(root, written, VerificationError, "unpacks to more than")
+        _fails(root, written, VerificationError, "'bomb'", "over the")
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -177,20 +177,3 @@ def test_bad_uri_and_dotdot_app(bundle_copy) -> None:
             verify_app(b, "x", "hub.foundries.io/acme/../x@sha256:" + "0" * 64, ARCH)
         with pytest.raises(ContentMissingError, match="app manifest"):
             verify_app(b, "x", "hub.foundries.io/acme/x@sha256:" + "0" * 64, ARCH)
-
-
-def test_inflater_multi_member_and_bounded_pieces() -> None:
-    import gzip
-    import zlib
-
-    from usbupdater.apps.verify import _Inflater
-
-    data = bytes(8 << 20) + os.urandom(1000)
-    blob = gzip.compress(data[:100], mtime=0) + gzip.compress(data[100:], mtime=0)
-    inf = _Inflater()
-    for i in range(0, len(blob), 4096):
-        inf.feed(memoryview(blob[i : i + 4096]))
-    inf.finish()
-    assert inf.done and inf.sha.hexdigest() == hashlib.sha256(data).hexdigest()
-    with pytest.raises(zlib.error):
-        _Inflater().feed(memoryview(b"not gzip at all"))
