@@ -68,7 +68,7 @@ def test_bomb_refused_by_limits(tmp_path: Path) -> None:
     with pytest.raises(VerificationError, match="over the 1048576 allowed"):
         extract_bundle(store, app, tmp_path / "c" / "a1", Limits(member=1 << 20))
     with pytest.raises(VerificationError, match="unpacks to more than 1048576"):
-        extract_bundle(store, app, tmp_path / "c" / "a1", Limits(total=1 << 20))
+        extract_bundle(store, app, tmp_path / "c" / "a1", Limits(member=1 << 30, total=1 << 20))
 
 
 def test_corrupt_tgz_refused_and_old_kept(tmp_path: Path) -> None:
