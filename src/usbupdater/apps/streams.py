@@ -136,7 +136,7 @@ class GunzipReader(io.RawIOBase):
     def __init__(self, raw: Any, limit: int, chunk: int = CHUNK) -> None:
         self.raw = raw
         self.chunk = chunk
-        self.gz = Gunzip(limit, chunk)
+        self.gz = Gunzip(limit)
         self._it: Optional[Iterator[bytes]] = None
         self._eof = False
         self._out = memoryview(b"")
