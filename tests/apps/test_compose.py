@@ -15,12 +15,12 @@ from tests.apps.conftest import content_of
 from usbupdater.apps.compose import (
     OVERRIDE_FILE,
     Compose,
-    Limits,
     expectations,
     extract_bundle,
     write_override,
 )
 from usbupdater.apps.engine import archive_chunks, local_tag
+from usbupdater.apps.members import Limits
 from usbupdater.apps.store import AppContent, AppStore
 from usbupdater.apps.verify import verify_app
 from usbupdater.errors import ExitCode, VerificationError
