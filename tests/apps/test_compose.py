@@ -6,6 +6,7 @@ import io
 import json
 import tarfile
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 import yaml
@@ -14,14 +15,15 @@ from tests.apps.conftest import content_of
 from usbupdater.apps.compose import (
     OVERRIDE_FILE,
     Compose,
-    Limits,
     expectations,
     extract_bundle,
     write_override,
 )
 from usbupdater.apps.engine import archive_chunks, local_tag
+from usbupdater.apps.members import Limits
 from usbupdater.apps.store import AppContent, AppStore
-from usbupdater.errors import VerificationError
+from usbupdater.apps.verify import verify_app
+from usbupdater.errors import ExitCode, VerificationError
 from usbupdater.sim import apps as sa
 
 
@@ -65,10 +67,10 @@ def test_unsafe_bundles_refused(tmp_path: Path, fault: str) -> None:
 
 def test_bomb_refused_by_limits(tmp_path: Path) -> None:
     store, app = stored(tmp_path, sa.AppSpec("a1", faults=frozenset({"tgz-bomb"})))
-    with pytest.raises(VerificationError, match="too large"):
+    with pytest.raises(VerificationError, match="over the 1048576 allowed"):
         extract_bundle(store, app, tmp_path / "c" / "a1", Limits(member=1 << 20))
-    with pytest.raises(VerificationError, match="over"):
-        extract_bundle(store, app, tmp_path / "c" / "a1", Limits(total=1 << 20))
+    with pytest.raises(VerificationError, match="unpacks to more than 1048576"):
+        extract_bundle(store, app, tmp_path / "c" / "a1", Limits(member=1 << 30, total=1 << 20))
 
 
 def test_corrupt_tgz_refused_and_old_kept(tmp_path: Path) -> None:
@@ -79,6 +81,73 @@ def test_corrupt_tgz_refused_and_old_kept(tmp_path: Path) -> None:
     with pytest.raises(VerificationError):
         extract_bundle(store, app, dest)
     assert (dest / "docker-compose.yml").is_file()
+
+
+def _member(
+    name: str, kind: bytes = tarfile.REGTYPE, link: str = ""
+) -> tuple[tarfile.TarInfo, bytes]:
+    ti = tarfile.TarInfo(name)
+    ti.type, ti.linkname, ti.mtime = kind, link, 0
+    data = b"x\n" if kind == tarfile.REGTYPE else b""
+    ti.size = len(data)
+    return ti, data
+
+
+class _Dir:
+    """Blobs straight from a written app store (what `install` reads through safeio)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def open_blob(self, hexdigest: str, max_size: int) -> BinaryIO:
+        return open(sa.blob_path(self.root, hexdigest), "rb", buffering=0)
+
+
+SYM = tarfile.SYMTYPE
+HOSTILE_BUNDLES = {
+    "symlink-chain": (
+        [
+            _member("d", SYM, "."),
+            _member("d/e", SYM, ".."),
+            _member("e/f", SYM, ".."),
+            _member("e/f/x"),
+        ],
+        "under the symbolic link",
+    ),
+    "hard-link": ([_member("h", tarfile.LNKTYPE, "docker-compose.yml")], "hard link"),
+    "duplicate-compose": ([_member("./docker-compose.yml")], "more than once"),
+    "fifo": ([_member("p", tarfile.FIFOTYPE)], "device or FIFO"),
+    "absolute-link": ([_member("l", SYM, "/etc/shadow")], "absolute link"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_BUNDLES))
+def test_install_refuses_what_run_refuses(tmp_path: Path, case: str) -> None:
+    """One rule: the bundle `install` refuses (80) is the one extraction at `run` refuses."""
+    members, needle = HOSTILE_BUNDLES[case]
+    spec = sa.AppSpec("a1", bundle_members=tuple(members))
+    store, app = stored(tmp_path, spec)
+    with pytest.raises(VerificationError, match=needle) as info:
+        verify_app(_Dir(tmp_path / "stick"), "a1", app.uri, sa.machine_arch())
+    assert info.value.code == ExitCode.VERIFICATION_FAILED == 80
+    dest = tmp_path / "compose" / "a1"
+    with pytest.raises(VerificationError, match=needle):
+        extract_bundle(store, app, dest)
+    assert not dest.exists() and not list(dest.parent.iterdir())
+    assert not (tmp_path / "compose" / "x").exists() and not (tmp_path / "x").exists()
+
+
+def test_dot_slash_bundle_accepted_by_both(tmp_path: Path) -> None:
+    members = (
+        _member("./", tarfile.DIRTYPE),
+        _member("./conf/./a"),
+        _member("./ln", SYM, "conf/a"),
+    )
+    store, app = stored(tmp_path, sa.AppSpec("a1", bundle_members=members))
+    verified = verify_app(_Dir(tmp_path / "stick"), "a1", app.uri, sa.machine_arch())
+    dest = tmp_path / "compose" / "a1"
+    assert extract_bundle(store, app, dest) == verified.compose
+    assert (dest / "ln").read_bytes() == b"x\n" and (dest / "ln").is_symlink()
 
 
 def test_compose_arguments(tmp_path: Path) -> None:

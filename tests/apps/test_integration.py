@@ -16,6 +16,7 @@ import pytest
 from usbupdater.apps import engine
 from usbupdater.apps.runner import AppsContext, AppStartError, restore_apps, run_apps
 from usbupdater.apps.store import AppContent, AppStore, CopyingSource, content_from_verified
+from usbupdater.apps.streams import Gunzip
 from usbupdater.apps.verify import verify_apps
 from usbupdater.errors import VerificationError
 from usbupdater.sim import apps as sa
@@ -170,3 +171,22 @@ def test_image_already_present_not_sent(device: Device) -> None:
     assert engine.load_images(device.ctx.client, device.store, app.images) == 0
     cfg = device.store.read_small(app.images[0].config)
     assert app.images[0].image_id == "sha256:" + hashlib.sha256(cfg).hexdigest()
+
+
+@pytest.mark.timeout(120)
+def test_multi_member_gzip_layers_verify_and_load(device: Device) -> None:
+    """Layers made of concatenated gzip members ending exactly on N MiB of output (which hung
+    the old inflaters) verify through verify_apps, load into dockerd, and run."""
+    spec = sa.AppSpec("mm", services={"main": svc(data_layers=(4 << 20,))}, gzip_member=1 << 20)
+    (app,) = device.install(spec)
+    members = []
+    for layer in app.images[0].layers:
+        gz = Gunzip(1 << 40)
+        for chunk in device.store.read_verified(layer):
+            for _ in gz.feed(chunk):
+                pass
+        list(gz.finish())
+        members.append(gz.members)
+    assert members[0] >= 2 and members[-1] == 5  # busybox; 4 MiB + tar headers of data
+    run_apps(device.ctx, [app])
+    assert device.running("mm") == {"main": app.images[0].image_id}

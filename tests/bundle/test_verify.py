@@ -157,7 +157,7 @@ def test_tgz_bomb_bounded(bundle_copy) -> None:
     root, written = bundle_copy("tgz-bomb")
     tracemalloc.start()
     try:
-        _fails(root, written, VerificationError, "unpacks to more than")
+        _fails(root, written, VerificationError, "'bomb'", "over the")
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -179,18 +179,37 @@ def test_bad_uri_and_dotdot_app(bundle_copy) -> None:
             verify_app(b, "x", "hub.foundries.io/acme/x@sha256:" + "0" * 64, ARCH)
 
 
-def test_inflater_multi_member_and_bounded_pieces() -> None:
-    import gzip
-    import zlib
+def test_tampered_tgz_refused_before_any_tar_parsing(bundle_copy, monkeypatch) -> None:
+    """A bundle tgz whose digest does not match is refused (80) without tarfile ever running
+    (tar headers from a stick are parsed only once their hash matched: CVE-2024-6232)."""
+    import tarfile
 
-    from usbupdater.apps.verify import _Inflater
+    root, written = bundle_copy()
+    digest = written["shellhttpd"].bundle_digest
+    corrupt_blob(root / "apps", digest, offset=20)
 
-    data = bytes(8 << 20) + os.urandom(1000)
-    blob = gzip.compress(data[:100], mtime=0) + gzip.compress(data[100:], mtime=0)
-    inf = _Inflater()
-    for i in range(0, len(blob), 4096):
-        inf.feed(memoryview(blob[i : i + 4096]))
-    inf.finish()
-    assert inf.done and inf.sha.hexdigest() == hashlib.sha256(data).hexdigest()
-    with pytest.raises(zlib.error):
-        _Inflater().feed(memoryview(b"not gzip at all"))
+    def no_tar(*a: object, **kw: object) -> None:
+        raise AssertionError("tar parsed before the digest matched")
+
+    monkeypatch.setattr(tarfile, "open", no_tar)
+    monkeypatch.setattr(tarfile.TarFile, "__init__", no_tar)
+    reason = _fails(root, written, VerificationError, digest, "hashes to")
+    assert VerificationError(reason).code == 80
+
+
+def test_bundle_tgz_bound(bundle_copy) -> None:
+    """The bundle tgz is read whole before parsing, so its declared size is bounded (8 MiB)."""
+    import json
+
+    from usbupdater.apps.verify import MAX_BUNDLE_TGZ
+
+    root, written = bundle_copy()
+    w = written["shellhttpd"]
+    p = blob_path(root / "apps", w.manifest_digest)
+    doc = json.loads(p.read_bytes())
+    doc["layers"][0]["size"] = MAX_BUNDLE_TGZ + 1
+    data = json.dumps(doc).encode()
+    new = "sha256:" + hashlib.sha256(data).hexdigest()
+    blob_path(root / "apps", new).write_bytes(data)
+    with Bundle.open(root) as b, pytest.raises(VerificationError, match=r"is not in 0\.\.8388608"):
+        verify_app(b, "shellhttpd", w.uri.replace(w.manifest_digest, new), ARCH)

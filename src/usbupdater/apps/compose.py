@@ -9,9 +9,9 @@ else in the service changes, so the config-hash label and everything the user wr
 signed. The same arguments work with `docker compose` (v2) and `docker-compose` (v1).
 
 Extraction reads the tgz from the store through its digest check and writes into a temporary
-directory, swapped in only once the whole archive matched; members must be plain names (no
-absolute paths, no `..`), regular files or directories (links must stay inside, devices and
-FIFOs are refused), with limits on each member, the total and the member count.
+directory, swapped in only once the whole archive matched. Members follow the one rule of
+`apps.members` (checked at verification too, so what installed also extracts); they are created
+with an openat-style walk that never follows a link.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import posixpath
 import shutil
 import subprocess
 import tarfile
@@ -32,16 +31,14 @@ import yaml
 
 from usbupdater.apps.engine import local_tag
 from usbupdater.apps.health import CONFIG_HASH_LABEL, ServiceExpectation
+from usbupdater.apps.members import DEFAULT_LIMITS, Limits, MemberError, scan_bundle, write_member
 from usbupdater.apps.store import AppContent, AppStore
+from usbupdater.apps.streams import GzipError
 from usbupdater.errors import AdapterError, VerificationError
 from usbupdater.fsutil import fsync_dir
 
 COMPOSE_FILE = "docker-compose.yml"
 OVERRIDE_FILE = ".usbupdater-images.yml"
-MAX_COMPOSE = 1 << 20  # composectl's limits
-MAX_MEMBER = (1 << 30) - (1 << 20)
-MAX_TOTAL = 2 << 30
-MAX_MEMBERS = 10000
 COMPOSE_TIMEOUT = 600.0
 
 
@@ -67,84 +64,34 @@ class _VerifyingReader(io.RawIOBase):
         return n
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Bounds on what a bundle may unpack to (composectl's per-file limits by default)."""
-
-    member: int = MAX_MEMBER
-    compose: int = MAX_COMPOSE
-    total: int = MAX_TOTAL
-    members: int = MAX_MEMBERS
-
-
-def _safe_member(m: tarfile.TarInfo, limits: Limits) -> str:
-    name = m.name
-    while name.startswith("./"):
-        name = name[2:]
-    name = name.rstrip("/")
-    if not name or name.startswith("/") or "\0" in name:
-        raise VerificationError(f"bundle member {m.name!r}: absolute or empty name")
-    parts = name.split("/")
-    if any(p in ("", ".", "..") for p in parts):
-        raise VerificationError(f"bundle member {m.name!r}: unsafe path")
-    if m.issym():
-        target = posixpath.normpath(posixpath.join(posixpath.dirname(name), m.linkname))
-        if m.linkname.startswith("/") or target == ".." or target.startswith("../"):
-            raise VerificationError(f"bundle member {m.name!r}: link points outside the app")
-    elif not (m.isreg() or m.isdir()):
-        raise VerificationError(f"bundle member {m.name!r}: type {m.type!r} is not allowed")
-    if m.size > limits.member or (name == COMPOSE_FILE and m.size > limits.compose):
-        raise VerificationError(f"bundle member {m.name!r}: {m.size} bytes is too large")
-    return name
-
-
 def extract_bundle(
-    store: AppStore, app: AppContent, dest: Path, limits: Limits = Limits()
+    store: AppStore, app: AppContent, dest: Path, limits: Limits = DEFAULT_LIMITS
 ) -> bytes:
-    """Extract the app's verified bundle into `dest` (replacing it); return the compose bytes."""
+    """Extract the app's verified bundle into `dest` (replacing it); return the compose bytes.
+
+    Members go through `members.scan_bundle` (the rule `install` verified) and are created by
+    `members.write_member` below an fd of the temporary directory, never through a link.
+    """
     parent = dest.parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = parent / f".{dest.name}.new"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(mode=0o755)
-    total = 0
     try:
-        raw = io.BufferedReader(_VerifyingReader(store.read_verified(app.bundle)), 1 << 16)
+        root_fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            with tarfile.open(fileobj=raw, mode="r|gz") as tar:
-                for count, m in enumerate(tar, 1):
-                    if count > limits.members:
-                        raise VerificationError(
-                            f"app {app.name}: bundle has over {limits.members} members"
-                        )
-                    name = _safe_member(m, limits)
-                    total += m.size
-                    if total > limits.total:
-                        raise VerificationError(
-                            f"app {app.name}: bundle unpacks to over {limits.total} bytes"
-                        )
-                    out = tmp / name
-                    if m.isdir():
-                        out.mkdir(parents=True, exist_ok=True)
-                        continue
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    if out.is_symlink() or out.exists():
-                        raise VerificationError(f"app {app.name}: bundle member {name!r} repeats")
-                    if m.issym():
-                        os.symlink(m.linkname, out)
-                        continue
-                    src = tar.extractfile(m)
-                    assert src is not None
-                    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-                    with os.fdopen(fd, "wb") as fh:
-                        shutil.copyfileobj(src, fh, 1 << 20)
-                # drain: the digest is checked only once every byte has been read
-                while raw.read(1 << 16):
-                    pass
+            raw = _VerifyingReader(store.read_verified(app.bundle))
+            for m, data in scan_bundle(raw, limits):
+                write_member(root_fd, m, data)
+            os.fsync(root_fd)
+        except (MemberError, GzipError) as exc:
+            raise VerificationError(f"app {app.name}: bundle {exc}") from None
         except (tarfile.TarError, EOFError, OSError) as exc:
             if isinstance(exc.__context__, VerificationError):
                 raise exc.__context__ from None
             raise VerificationError(f"app {app.name}: bundle is not a valid tgz: {exc}") from None
+        finally:
+            os.close(root_fd)
         compose_path = tmp / COMPOSE_FILE
         if compose_path.is_symlink() or not compose_path.is_file():
             raise VerificationError(f"app {app.name}: bundle has no {COMPOSE_FILE}")

@@ -6,10 +6,12 @@ is never read) -> each service's pinned image -> per-arch manifest -> config -> 
 decompressed bytes must hash to `config.rootfs.diff_ids[i]`, as dockerd checks on load.
 
 Every blob is read once, in chunks, hashing as it streams (gzip layers are decompressed on the fly
-for their diff_id); blobs shared between images are verified once per run. Sizes are bounded
-before reading, the tgz's unpacked size and member count are bounded, and member names are
-checked. Absent content raises ContentMissingError (8); anything that does not match raises
-VerificationError (80); both name the app, the blob and the reason.
+by `streams.Gunzip` for their diff_id); blobs shared between images are verified once per run.
+Sizes are bounded before reading. The bundle tgz (at most MAX_BUNDLE_TGZ) is read whole and its
+digest checked before any tar header is parsed; its members then go through `members.scan_bundle`,
+the same rule extraction applies, so `install` refuses what `run` would. Absent content raises
+ContentMissingError (8); anything that does not match raises VerificationError (80); both name
+the app, the blob and the reason.
 
 The result, `VerifiedApp`, lists every verified blob with its media type and size, so the device
 app store can copy them and the engine loader can build its docker-archive from them.
@@ -22,7 +24,6 @@ import io
 import json
 import re
 import tarfile
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -30,6 +31,8 @@ from typing import Any, BinaryIO, Optional, Protocol
 
 import yaml
 
+from usbupdater.apps.members import COMPOSE_FILE, MAX_MEMBERS, MAX_TOTAL, MemberError, scan_bundle
+from usbupdater.apps.streams import CHUNK, Gunzip, GzipError, HashingReader
 from usbupdater.errors import ContentMissingError, VerificationError
 from usbupdater.safeio import UnsafePathError
 from usbupdater.target import InvalidTargetError, parse_ref
@@ -51,17 +54,16 @@ GZIP_LAYER_TYPES = frozenset(
 TAR_LAYER_TYPES = frozenset(
     {"application/vnd.docker.image.rootfs.diff.tar", "application/vnd.oci.image.layer.v1.tar"}
 )
-COMPOSE_FILE = "docker-compose.yml"
 CONFIG_HASH_LABEL = "io.compose-spec.config-hash"
 
 MAX_APP_MANIFEST = 50 << 10
 MAX_IMAGE_MANIFEST = 100 << 10
 MAX_IMAGE_CONFIG = 4 << 20
 MAX_COMPOSE = 1 << 20
-MAX_BUNDLE_TGZ = 1 << 30
-MAX_BUNDLE_UNPACKED = 256 << 20  # compose bundles hold a compose file and a few small files
-MAX_BUNDLE_MEMBERS = 10_000
-CHUNK = 1 << 20
+MAX_BUNDLE_TGZ = 8 << 20  # read whole, hashed, then parsed: compose file + a few small files
+MAX_BUNDLE_UNPACKED = MAX_TOTAL  # sum of the bundle's file sizes (members.Limits)
+MAX_BUNDLE_MEMBERS = MAX_MEMBERS
+MAX_LAYER_UNPACKED = 64 << 30  # a layer's tar, as decompressed while hashing
 
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
 
@@ -135,72 +137,6 @@ class VerifiedApp:
             for b in img.blobs:
                 out.setdefault(b.digest, b)
         return tuple(out.values())
-
-
-class _TooBig(Exception):
-    pass
-
-
-class _HashingReader(io.RawIOBase):
-    """Reads a raw file, hashing and counting every byte that passes."""
-
-    def __init__(self, fh: BinaryIO) -> None:
-        self.fh: Any = fh  # a raw FileIO (safeio opens unbuffered): it has readinto
-        self.sha = hashlib.sha256()
-        self.count = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        n = self.fh.readinto(b)
-        if n:
-            self.sha.update(memoryview(b)[:n])
-            self.count += n
-        return n or 0
-
-    def drain(self, limit: int) -> None:
-        """Read (and hash) the rest, stopping just past `limit` bytes in all."""
-        buf = bytearray(CHUNK)
-        while self.count <= limit and self.readinto(buf):
-            pass
-
-
-class _GunzipReader(io.RawIOBase):
-    """Decompresses (multi-member) gzip on the fly, refusing to unpack more than `limit` bytes."""
-
-    def __init__(self, raw: _HashingReader, limit: int) -> None:
-        self.raw = raw
-        self.limit = limit
-        self.total = 0
-        self._d = zlib.decompressobj(31)
-        self._pending = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        want = len(b)
-        while True:
-            if self._d.unconsumed_tail:
-                out = self._d.decompress(self._d.unconsumed_tail, want)
-            elif self._d.eof:
-                rest = self._d.unused_data or self.raw.read(CHUNK)
-                if not rest:
-                    return 0
-                self._d = zlib.decompressobj(31)  # next gzip member
-                out = self._d.decompress(rest, want)
-            else:
-                chunk = self.raw.read(CHUNK)
-                out = self._d.decompress(chunk, want)  # b"" still yields output zlib holds
-                if not chunk and not out:
-                    raise EOFError("gzip stream ends early")
-            if out:
-                self.total += len(out)
-                if self.total > self.limit:
-                    raise _TooBig(f"unpacks to more than {self.limit} bytes")
-                b[: len(out)] = out
-                return len(out)
 
 
 class _Verifier:
@@ -277,7 +213,8 @@ class _Verifier:
     def stream_layer(self, what: str, digest: str, size: int, gz: bool) -> str:
         """Hash a layer while reading it once; return the sha256 of its uncompressed tar."""
         blob_sha, count = hashlib.sha256(), 0
-        inflater = _Inflater() if gz else None
+        gunzip = Gunzip(MAX_LAYER_UNPACKED) if gz else None
+        diff_sha = hashlib.sha256()
         gz_error: Optional[str] = None
         buf = bytearray(CHUNK)
         view = memoryview(buf)
@@ -291,25 +228,28 @@ class _Verifier:
                 if count > size:
                     raise self.bad(what, f"grew past the {size} bytes the manifest says")
                 blob_sha.update(view[:n])
-                if inflater is not None and gz_error is None:
+                if gunzip is not None and gz_error is None:
                     try:
-                        inflater.feed(view[:n])
-                    except zlib.error as exc:
-                        gz_error = f"is not valid gzip ({exc})"  # reported after the digest
+                        for piece in gunzip.feed(view[:n]):
+                            diff_sha.update(piece)
+                    except GzipError as exc:
+                        gz_error = str(exc)  # reported after the digest; keep hashing
         if count != size:
             raise self.bad(what, f"is {count} bytes, the manifest says {size}")
         actual = "sha256:" + blob_sha.hexdigest()
         if actual != digest:
             raise self.bad(what, f"content hashes to {actual}")
-        if inflater is None:
+        if gunzip is None:
             return actual
         if gz_error is None:
-            inflater.finish()
-        if gz_error is None and not inflater.done:
-            gz_error = "gzip stream ends early"
+            try:
+                for piece in gunzip.finish():
+                    diff_sha.update(piece)
+            except GzipError as exc:
+                gz_error = str(exc)
         if gz_error:
             raise self.bad(what, gz_error)
-        return "sha256:" + inflater.sha.hexdigest()
+        return "sha256:" + diff_sha.hexdigest()
 
     # --- the chain -------------------------------------------------------------------------------
 
@@ -353,38 +293,28 @@ class _Verifier:
         )
 
     def read_bundle(self, digest: str, size: int) -> bytes:
-        """Stream the bundle tgz once: hash it, check its members, keep docker-compose.yml."""
+        """Read the bundle tgz once, whole (it is small), check its digest, and only then parse it
+        (tar headers from a stick are never parsed before their hash matched), checking every
+        member with the rule extraction applies; return its docker-compose.yml."""
         what = f"compose bundle {digest}"
-        compose: Optional[bytes] = None
         with self.open(what, digest, size) as fh:
-            raw = _HashingReader(fh)
-            problem: Optional[str] = None
-            try:
-                gunzip = io.BufferedReader(_GunzipReader(raw, MAX_BUNDLE_UNPACKED), CHUNK)
-                with tarfile.open(fileobj=gunzip, mode="r|") as tf:
-                    for count, member in enumerate(tf, 1):
-                        if count > MAX_BUNDLE_MEMBERS:
-                            raise _TooBig(f"holds more than {MAX_BUNDLE_MEMBERS} members")
-                        _check_member(member)
-                        if member.name == COMPOSE_FILE and member.isreg():
-                            if compose is not None:
-                                raise ValueError(f"holds {COMPOSE_FILE} twice")
-                            if member.size > MAX_COMPOSE:
-                                raise _TooBig(f"{COMPOSE_FILE} is more than {MAX_COMPOSE} bytes")
-                            f = tf.extractfile(member)
-                            compose = f.read() if f else b""
-            except (_TooBig, ValueError) as exc:
-                problem = str(exc)
-            except (tarfile.TarError, zlib.error, EOFError, OSError) as exc:
-                problem = f"is not a valid gzip tar ({exc})"
-            raw.drain(size)  # the digest covers every byte, also past the tar's end
-        actual = "sha256:" + raw.sha.hexdigest()
-        if raw.count == size and actual != digest:
-            raise self.bad(what, f"content hashes to {actual}")
-        if problem:
-            raise self.bad(what, problem)
+            raw = HashingReader(fh)
+            data = raw.read_upto(size)
         if raw.count != size:
-            raise self.bad(what, f"is {raw.count} bytes, the app manifest says {size}")
+            got = f"{raw.count}" if raw.count < size else f"more than {size}"
+            raise self.bad(what, f"is {got} bytes, the app manifest says {size}")
+        actual = "sha256:" + raw.sha.hexdigest()
+        if actual != digest:
+            raise self.bad(what, f"content hashes to {actual}")
+        compose: Optional[bytes] = None
+        try:
+            for member, f in scan_bundle(io.BytesIO(data)):
+                if member.name == COMPOSE_FILE and f is not None:
+                    compose = f.read()
+        except (MemberError, GzipError) as exc:
+            raise self.bad(what, str(exc)) from None
+        except (tarfile.TarError, EOFError) as exc:
+            raise self.bad(what, f"is not a valid tar ({exc})") from None
         if compose is None:
             raise self.bad(what, f"has no {COMPOSE_FILE} at its top")
         return compose
@@ -502,61 +432,6 @@ class _Verifier:
         if self.arch == "arm64" and variant == "v8":
             variant = ""
         return not self.variant or variant == self.variant
-
-
-class _Inflater:
-    """Gunzips (multi-member) streams in bounded pieces, hashing the output."""
-
-    def __init__(self) -> None:
-        self.sha = hashlib.sha256()
-        self._d = zlib.decompressobj(31)
-
-    @property
-    def done(self) -> bool:
-        return bool(self._d.eof)
-
-    def feed(self, chunk: memoryview) -> None:
-        data: bytes | memoryview = chunk
-        while data:
-            if self._d.eof:  # another gzip member follows
-                self._d = zlib.decompressobj(31)
-            out = self._d.decompress(data, CHUNK)
-            self.sha.update(out)
-            data = self._d.unconsumed_tail or self._d.unused_data
-            while self._d.unconsumed_tail:
-                out = self._d.decompress(self._d.unconsumed_tail, CHUNK)
-                self.sha.update(out)
-                data = self._d.unused_data
-
-    def finish(self) -> None:
-        """Take output zlib still holds after the last input (capped by max_length before)."""
-        while not self._d.eof:
-            out = self._d.decompress(b"", CHUNK)
-            if not out:
-                break
-            self.sha.update(out)
-
-
-def _check_member(m: tarfile.TarInfo) -> None:
-    """Refuse members that could escape or surprise when the bundle is unpacked on the device."""
-    name = m.name
-    parts = name.split("/")
-    if name.startswith("/") or "\0" in name:
-        raise ValueError(f"member {name!r} has an absolute path")
-    if ".." in parts:
-        raise ValueError(f"member {name!r} climbs out with '..'")
-    if m.ischr() or m.isblk() or m.isfifo():
-        raise ValueError(f"member {name!r} is a device or FIFO")
-    if m.issym() or m.islnk():
-        target = m.linkname
-        base = parts[:-1] if m.issym() else []
-        depth = len([p for p in base if p not in ("", ".")])
-        for p in target.split("/"):
-            depth += -1 if p == ".." else 0 if p in ("", ".") else 1
-            if depth < 0:
-                break
-        if target.startswith("/") or depth < 0:
-            raise ValueError(f"member {name!r} links out of the bundle ({target!r})")
 
 
 def _media_type(obj: Mapping[str, Any]) -> str:

@@ -89,7 +89,12 @@ class AppSpec:
     manifest_list: bool = False  # image roots are Docker manifest lists (this arch + another)
     layer_compression: str = "gzip"  # "gzip" or "none" (plain tar layers: digest == diff_id)
     gzip_level: int = 6
+    # > 0: every gzip layer is a concatenation of gzip members of this many uncompressed bytes
+    # each (as pigz-style or concatenated gzip writes them); 0: one member per layer
+    gzip_member: int = 0
     files: Mapping[str, bytes] = field(default_factory=dict)  # extra files in the bundle tgz
+    # raw tar members appended to the bundle tgz as given (hostile archives for tests)
+    bundle_members: tuple[tuple[tarfile.TarInfo, bytes], ...] = ()
     faults: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
@@ -188,17 +193,45 @@ def _tar_bytes(members: Iterable[tuple[tarfile.TarInfo, bytes]]) -> bytes:
     return b"".join(_tar_member(ti, data) for ti, data in members) + bytes(1024)
 
 
-def _gzip(data: bytes, level: int = 6) -> bytes:
-    return gzip.compress(data, compresslevel=level, mtime=_EPOCH)
+def _gzip(data: bytes, level: int = 6, member: int = 0) -> bytes:
+    if member <= 0 or len(data) <= member:
+        return gzip.compress(data, compresslevel=level, mtime=_EPOCH)
+    return b"".join(_gzip(data[i : i + member], level) for i in range(0, len(data), member))
 
 
-_BUSYBOX_CACHE: dict[tuple[str, str, int], tuple[bytes, str]] = {}
+class _MemberCompressor:
+    """gzip compressobj that starts a new member every `member` uncompressed bytes (0: never)."""
+
+    def __init__(self, level: int, member: int) -> None:
+        self.level, self.member, self.left = level, member, member
+        self.comp = zlib.compressobj(level, zlib.DEFLATED, 31)
+
+    def compress(self, data: bytes) -> bytes:
+        if self.member <= 0:
+            return self.comp.compress(data)
+        out = []
+        while data:
+            if not self.left:
+                out.append(self.comp.flush())
+                self.comp = zlib.compressobj(self.level, zlib.DEFLATED, 31)
+                self.left = self.member
+            take = data[: self.left]
+            out.append(self.comp.compress(take))
+            self.left -= len(take)
+            data = data[len(take) :]
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        return self.comp.flush()
 
 
-def busybox_layer(compression: str = "gzip", level: int = 6) -> tuple[bytes, str]:
+_BUSYBOX_CACHE: dict[tuple[str, str, int, int], tuple[bytes, str]] = {}
+
+
+def busybox_layer(compression: str = "gzip", level: int = 6, member: int = 0) -> tuple[bytes, str]:
     """(layer blob, diff_id) of the busybox rootfs layer; built once per content and reused."""
     data = BUSYBOX.read_bytes()
-    key = (hashlib.sha256(data).hexdigest(), compression, level)
+    key = (hashlib.sha256(data).hexdigest(), compression, level, member)
     if key not in _BUSYBOX_CACHE:
         members: list[tuple[tarfile.TarInfo, bytes]] = [
             (_tarinfo(d, mode=0o755, kind=tarfile.DIRTYPE), b"") for d in ("bin", "etc", "tmp")
@@ -211,7 +244,7 @@ def busybox_layer(compression: str = "gzip", level: int = 6) -> tuple[bytes, str
         passwd = b"root:x:0:0:root:/:/bin/sh\n"
         members.append((_tarinfo("etc/passwd", len(passwd)), passwd))
         tar = _tar_bytes(members)
-        blob = _gzip(tar, level) if compression == "gzip" else tar
+        blob = _gzip(tar, level, member) if compression == "gzip" else tar
         _BUSYBOX_CACHE[key] = (blob, _digest(tar))
     return _BUSYBOX_CACHE[key]
 
@@ -253,12 +286,12 @@ class _Store:
         return digest, len(data)
 
     def put_layer(
-        self, chunks: Iterable[bytes], compression: str, level: int
+        self, chunks: Iterable[bytes], compression: str, level: int, member: int = 0
     ) -> tuple[str, int, str]:
         """Stream a layer to disk: (blob digest, blob size, diff_id), never all in memory."""
         tmp = self.dir / f".tmp-layer-{os.getpid()}"
         diff, blob, size = hashlib.sha256(), hashlib.sha256(), 0
-        comp = zlib.compressobj(level, zlib.DEFLATED, 31) if compression == "gzip" else None
+        comp = _MemberCompressor(level, member) if compression == "gzip" else None
         with open(tmp, "wb") as fh:
             for chunk in chunks:
                 diff.update(chunk)
@@ -294,7 +327,7 @@ def _build_image(
 ) -> tuple[WrittenImage, int]:
     """Write one image's blobs; return it with the size of its per-arch manifest."""
     layer_mt = MT_DOCKER_LAYER_GZIP if app.layer_compression == "gzip" else MT_DOCKER_LAYER_TAR
-    bb_blob, bb_diff = busybox_layer(app.layer_compression, app.gzip_level)
+    bb_blob, bb_diff = busybox_layer(app.layer_compression, app.gzip_level, app.gzip_member)
     bb_digest, bb_size = store.put(bb_blob)
     layers = [(bb_digest, bb_size, bb_diff)]
     # A small layer that makes each app/service/version's image distinct.
@@ -305,13 +338,15 @@ def _build_image(
             (_tarinfo("etc/sim-image", len(marker)), marker),
         ]
     )
-    blob = _gzip(tar, app.gzip_level) if app.layer_compression == "gzip" else tar
+    blob = _gzip(tar, app.gzip_level, app.gzip_member) if app.layer_compression == "gzip" else tar
     d, s = store.put(blob)
     layers.append((d, s, _digest(tar)))
     for i, size in enumerate(svc.data_layers):
         seed = f"{app.name}/{svc_name}/{app.version_tag}/{i}/{size}"
         chunks = _data_layer_tar(f"{svc_name}-{i}.bin", seed, size)
-        layers.append(store.put_layer(chunks, app.layer_compression, app.gzip_level))
+        layers.append(
+            store.put_layer(chunks, app.layer_compression, app.gzip_level, app.gzip_member)
+        )
 
     diff_ids = [diff for _, _, diff in layers]
     if faulty and "diff-id" in app.faults:
@@ -421,6 +456,7 @@ def _bundle_tgz(app: AppSpec, compose: bytes) -> bytes:
         members.append((_tarinfo("/etc/x", 2), b"x\n"))
     if "tgz-many-members" in app.faults:
         members.extend((_tarinfo(f"m/{i}", 0), b"") for i in range(20000))
+    members.extend(app.bundle_members)
     comp = zlib.compressobj(9, zlib.DEFLATED, 31)
     out = [comp.compress(b"".join(_tar_member(ti, data) for ti, data in members))]
     if "tgz-bomb" in app.faults:
