@@ -34,7 +34,7 @@ import yaml
 from usbupdater.apps.members import COMPOSE_FILE, MAX_MEMBERS, MAX_TOTAL, MemberError, scan_bundle
 from usbupdater.apps.streams import CHUNK, Gunzip, GzipError, HashingReader
 from usbupdater.errors import ContentMissingError, VerificationError
-from usbupdater.safeio import UnsafePathError
+from usbupdater.safeio import UnsafePathError, read_upto
 from usbupdater.target import InvalidTargetError, parse_ref
 
 MT_APP_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -190,7 +190,7 @@ class _Verifier:
             data = self.small_seen[digest]
         else:
             with self.open(what, digest, max_size) as fh:
-                data = fh.read(max_size + 1)
+                data = read_upto(fh, max_size + 1)  # short reads continued: EIO is EIO
             if len(data) > max_size:
                 raise self.bad(what, f"grew past {max_size} bytes")
             actual = "sha256:" + hashlib.sha256(data).hexdigest()
