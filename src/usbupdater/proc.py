@@ -167,19 +167,20 @@ def kill_group(proc: subprocess.Popen[Any], grace: float = KILL_GRACE) -> None:
     reused by then; grandchildren that outlived it are still members and die too.
     """
     if proc.returncode is None:
-        _killpg(proc.pid, signal.SIGTERM)
-        _wait_unreaped(proc.pid, grace)
-        _killpg(proc.pid, signal.SIGKILL)
+        signal_group(proc.pid, signal.SIGTERM)
+        wait_unreaped(proc.pid, grace)
+        signal_group(proc.pid, signal.SIGKILL)
     proc.wait()
 
 
-def _wait_unreaped(pid: int, timeout: float) -> bool:
-    """Wait up to `timeout` s for the child to exit, leaving it a zombie; True if it did."""
-    deadline = time.monotonic() + timeout
+def wait_unreaped(pid: int, timeout: Optional[float]) -> bool:
+    """Wait up to `timeout` s (None: no limit) for the child to exit, leaving it a zombie so
+    its pid keeps naming its group; True if it exited."""
+    deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         if _exited(pid):
             return True
-        if time.monotonic() >= deadline:
+        if deadline is not None and time.monotonic() >= deadline:
             return False
         time.sleep(0.02)
 
@@ -193,7 +194,8 @@ def _exited(pid: int) -> bool:
     return info is not None
 
 
-def _killpg(pgid: int, sig: signal.Signals) -> None:
+def signal_group(pgid: int, sig: signal.Signals) -> None:
+    """Send `sig` to a process group; a group already gone is no error."""
     with suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
 
@@ -299,5 +301,5 @@ def _collect(
         sel.close()
         for pipe in pipes:
             pipe.close()
-    expired = not _wait_unreaped(proc.pid, max(deadline - time.monotonic(), 0.0))
+    expired = not wait_unreaped(proc.pid, max(deadline - time.monotonic(), 0.0))
     return bytes(bufs[0]), bytes(bufs[1]), (truncated[0], truncated[1]), expired
