@@ -57,7 +57,7 @@ class RepoCheck:
 def refused(rel: str, why: str) -> VerificationError:
     """Exit 80 naming the (escaped, shortened) path relative to the stick."""
     shown = sanitize(f"ostree_repo/{rel}" if rel else "ostree_repo", 160)
-    return VerificationError(f"bundle's OSTree repo refused: {shown} is {why}")
+    return VerificationError(f"bundle's OSTree repo refused: {shown} {why}")
 
 
 def check_repo(repo: Path) -> RepoCheck:
@@ -68,9 +68,9 @@ def check_repo(repo: Path) -> RepoCheck:
     except UnsafePathError as exc:
         raise refused("", exc.reason) from None
     except FileNotFoundError:
-        raise refused("", "missing") from None
+        raise refused("", "is missing") from None
     except OSError as exc:
-        raise refused("", f"unreadable ({os.strerror(exc.errno or 0)})") from None
+        raise refused("", f"is unreadable ({os.strerror(exc.errno or 0)})") from None
     try:
         _check_config(root)
         walk = _Walk(os.fstat(root).st_dev)
@@ -91,38 +91,38 @@ class _Walk:
                 for entry in entries:
                     self.entry(fd, entry.name, f"{rel}/{entry.name}" if rel else entry.name, depth)
         except OSError as exc:
-            raise refused(rel, f"unreadable ({os.strerror(exc.errno or 0)})") from None
+            raise refused(rel, f"is unreadable ({os.strerror(exc.errno or 0)})") from None
 
     def entry(self, dirfd: int, name: str, rel: str, depth: int) -> None:
         self.count += 1
         if self.count > MAX_ENTRIES:
-            raise refused("", f"too big (more than {MAX_ENTRIES} entries)")
+            raise refused("", f"is too big (more than {MAX_ENTRIES} entries)")
         try:
             safeio.check_component(name, rel)
         except UnsafePathError:
-            raise refused(rel, "not a safe name") from None
+            raise refused(rel, "is not a safe name") from None
         if not name.isprintable() or name != name.encode("utf-8", "replace").decode():
-            raise refused(rel, "not a printable UTF-8 name")
+            raise refused(rel, "is not a printable UTF-8 name")
         # fstatat, not the directory entry's type: a crafted filesystem can make them disagree
         st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
         if st.st_dev != self.dev:
-            raise refused(rel, "on another filesystem")
+            raise refused(rel, "is on another filesystem")
         if stat.S_ISREG(st.st_mode):
             return
         if not stat.S_ISDIR(st.st_mode):
             kind = next((what for test, what in _KINDS if test(st.st_mode)), "not a file")
-            raise refused(rel, kind)
+            raise refused(rel, f"is {kind}")
         if depth + 1 >= MAX_DEPTH:
-            raise refused(rel, f"nested more than {MAX_DEPTH} levels deep")
+            raise refused(rel, f"is nested more than {MAX_DEPTH} levels deep")
         try:
             sub = os.open(name, _DIR_FLAGS, dir_fd=dirfd)
         except OSError as exc:  # replaced by a link or a file since the fstatat
-            why = f"not openable as a directory ({os.strerror(exc.errno or 0)})"
+            why = f"is not openable as a directory ({os.strerror(exc.errno or 0)})"
             raise refused(rel, why) from None
         try:
             now = os.fstat(sub)
             if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
-                raise refused(rel, "changing while it is read")
+                raise refused(rel, "is changing while it is read")
             self.directory(sub, rel, depth + 1)
         finally:
             os.close(sub)
@@ -135,20 +135,20 @@ def _check_config(root: int) -> None:
     except UnsafePathError as exc:
         raise refused("config", exc.reason) from None
     except FileNotFoundError:
-        raise refused("config", "missing") from None
+        raise refused("config", "is missing") from None
     except OSError as exc:
-        raise refused("config", f"unreadable ({os.strerror(exc.errno or 0)})") from None
+        raise refused("config", f"is unreadable ({os.strerror(exc.errno or 0)})") from None
     try:
         groups = parse_keyfile(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
-        raise refused("config", "not an OSTree repo configuration") from None
+        raise refused("config", "is not an OSTree repo configuration") from None
     core = groups.get("core", {})
     if core.get("mode") not in ARCHIVE_MODES:
-        raise refused("config", "not the configuration of an archive repo")
+        raise refused("config", "is not the configuration of an archive repo")
     if core.get("repo_version", "1") != "1":
-        raise refused("config", "of an unknown repo version")
+        raise refused("config", "is of an unknown repo version")
     if any(key.split("[", 1)[0] == "parent" for key in core):
-        raise refused("config", "naming a parent repo")
+        raise refused("config", "names a parent repo")
 
 
 def parse_keyfile(text: str) -> dict[str, dict[str, str]]:
