@@ -162,3 +162,40 @@ def test_child_dies_when_parent_is_sigkilled(tmp_path: Path, in_thread: bool) ->
 def test_sanitize() -> None:
     assert proc.sanitize("a\x1b[31mb\nc\x00") == "a\\x1b[31mb c\\x00"
     assert proc.sanitize("x" * 1000, 10) == "..." + "x" * 10
+
+
+def test_updater_timeout_kills_its_whole_group(tmp_path: Path) -> None:
+    """The agent's long-running updater child: its group goes at the deadline, grandchild too."""
+    from usbupdater.agent.backend import Updater
+    from usbupdater.agent.settings import AgentSettings
+
+    pidfile = tmp_path / "pid"
+    script = tmp_path / "updater.sh"
+    script.write_text(f"#!/bin/sh\necho started >&2\nsleep 1000 &\necho $! > {pidfile}\nwait\n")
+    script.chmod(0o755)
+    echo = (tmp_path / "echo.log").open("w")
+    u = Updater(AgentSettings(updater_command=(str(script),)), echo=echo)
+    t0 = time.monotonic()
+    out = u.call(["install"], timeout=0.5)
+    echo.close()
+    assert out.code is None and "did not finish within" in out.reason
+    assert time.monotonic() - t0 < 0.5 + proc.KILL_GRACE + 1
+    assert wait_dead(int(pidfile.read_text()), 1.0)
+
+
+def test_updater_long_stderr_lines_and_stdout_are_bounded(tmp_path: Path) -> None:
+    from usbupdater.agent import backend
+    from usbupdater.agent.settings import AgentSettings
+
+    script = tmp_path / "updater.sh"
+    script.write_text(
+        "#!/bin/sh\nhead -c 5000000 /dev/zero | tr '\\0' x >&2\necho >&2\n"
+        "head -c 5000000 /dev/zero | tr '\\0' y\necho 'usbupdater: done' >&2\nexit 3\n"
+    )
+    script.chmod(0o755)
+    echo = (tmp_path / "echo.log").open("w")
+    out = backend.Updater(AgentSettings(updater_command=(str(script),)), echo=echo).call(["run"])
+    echo.close()
+    assert out.code == 3 and out.reason == "done"
+    assert len(out.stdout) == backend.MAX_STDOUT
+    assert all(len(line) <= 500 for line in out.tail)
