@@ -220,17 +220,20 @@ def run(
     check: bool = True,
     max_output: int = OUTPUT_LIMIT,
     max_stdout: Optional[int] = None,
+    stop_on_overflow: bool = False,
 ) -> Completed:
     """Run `argv` to completion and return its exit code and bounded output.
 
     Raises CommandError for a missing binary, a timeout (the whole group killed) and, when
     `check`, a non-zero exit. `max_stdout` overrides `max_output` for stdout (a listing).
+    With `stop_on_overflow`, output past a limit kills the group at once (a listing that would
+    never end); the caller sees `stdout_truncated`/`stderr_truncated` (and a signal exit code).
     """
     logger = log.get_logger("proc")
     proc = spawn(argv, env=env, cwd=cwd, what=what)
     limits = (max_stdout if max_stdout is not None else max_output, max_output)
     with supervised(proc):
-        out, err, truncated, expired = _collect(proc, timeout, limits)
+        out, err, truncated, expired = _collect(proc, timeout, limits, stop_on_overflow)
         kill_group(proc)  # the group: what a timed-out child or a finished one left behind
     if expired:
         detail = sanitize(err.decode("utf-8", "replace"))
@@ -262,7 +265,7 @@ def failed_reason(what: str, code: int) -> str:
 
 
 def _collect(
-    proc: subprocess.Popen[Any], timeout: float, limits: tuple[int, int]
+    proc: subprocess.Popen[Any], timeout: float, limits: tuple[int, int], stop: bool = False
 ) -> tuple[bytes, bytes, tuple[bool, bool], bool]:
     """Read both pipes until EOF (bounded), the deadline, or a grace after the child exits.
 
@@ -297,6 +300,8 @@ def _collect(
                     truncated[i] = True
                     chunk = chunk[: max(room, 0)]
                 bufs[i] += chunk
+                if stop and truncated[i]:
+                    return bytes(bufs[0]), bytes(bufs[1]), (truncated[0], truncated[1]), False
     finally:
         sel.close()
         for pipe in pipes:

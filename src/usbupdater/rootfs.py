@@ -116,12 +116,20 @@ def run_ostree(
     check: bool = True,
     timeout: Optional[float] = None,
     max_stdout: Optional[int] = None,
+    stop_on_overflow: bool = False,
 ) -> proc.Completed:
     """Run ostree; a missing binary, a timeout or (check) a failure is an AdapterError with a
     fixed reason ("ostree admin status failed (exit 1)"), never ostree's own words."""
     what = ostree_what(args)
     limit = timeout if timeout is not None else _TIMEOUTS.get(what[7:], DEFAULT_TIMEOUT)
-    return proc.run([ostree_bin, *args], what, limit, check=check, max_stdout=max_stdout)
+    return proc.run(
+        [ostree_bin, *args],
+        what,
+        limit,
+        check=check,
+        max_stdout=max_stdout,
+        stop_on_overflow=stop_on_overflow,
+    )
 
 
 def ostree_what(args: Sequence[str]) -> str:
@@ -252,14 +260,15 @@ class OstreeSysroot:
             ostree_bin=self.ostree_bin,
             check=False,
             max_stdout=LS_MAX_OUTPUT,
+            stop_on_overflow=True,  # unverified dirtrees can repeat each other without end
         )
-        if listing.returncode != 0:  # ls reads every file object: a missing one shows here
-            raise _content_error(listing, commit)
         if listing.stdout_truncated:
             raise AdapterError(
                 f"ostree ls: the listing of commit {commit[:12]} is longer than "
                 f"{LS_MAX_OUTPUT >> 20} MiB"
             )
+        if listing.returncode != 0:  # ls reads every file object: a missing one shows here
+            raise _content_error(listing, commit)
         objects = parse_ls(listing.stdout)
         if not objects:
             raise AdapterError(f"ostree ls: no content listed for commit {commit[:12]}")

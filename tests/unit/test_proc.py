@@ -199,3 +199,18 @@ def test_updater_long_stderr_lines_and_stdout_are_bounded(tmp_path: Path) -> Non
     assert out.code == 3 and out.reason == "done"
     assert len(out.stdout) == backend.MAX_STDOUT
     assert all(len(line) <= 500 for line in out.tail)
+
+
+def test_stop_on_overflow_ends_an_endless_listing() -> None:
+    t0 = time.monotonic()
+    done = proc.run(
+        ["sh", "-c", "yes listing"],
+        "lister",
+        60,
+        check=False,
+        max_stdout=100_000,
+        stop_on_overflow=True,
+    )
+    assert done.stdout_truncated and len(done.stdout) == 100_000
+    assert done.returncode != 0
+    assert time.monotonic() - t0 < 5
