@@ -11,6 +11,7 @@ records being present.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -134,9 +135,9 @@ class Updater:
         reader = LineReader(on_progress)
         self._log.info("calling the updater", argv=argv)
         try:
-            child = proc.spawn(argv, text=True, what=name or "updater")
+            child = proc.spawn(argv, text=True, what=os.path.basename(argv[0]))
         except proc.CommandError as exc:
-            return Outcome(name, None, f"cannot start {argv[0]}: {exc.reason}", started=started)
+            return Outcome(name, None, f"cannot start the updater: {exc.reason}", started=started)
         limit = timeout if timeout is not None else self.s.updater_timeout
         out = _BoundedReader(child.stdout)
         out.start()
