@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Optional
 
+from usbupdater import proc
 from usbupdater.config import ROLLBACK_MODES, BootloaderConfig
 from usbupdater.errors import AdapterError, ConfigError
 from usbupdater.fsutil import atomic_write, makedirs_durable, remove_durable
@@ -124,18 +125,8 @@ class ToolBootloader(Bootloader):
         return found
 
     def _run(self, tool: str, args: list[str]) -> subprocess.CompletedProcess[str]:
-        exe = self._tool(tool)
-        try:
-            return subprocess.run(
-                [exe, *args],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=self.timeout,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise AdapterError(f"{tool} {' '.join(args)}: {exc}") from None
+        """The tool's exit code and output; a timeout or a failure to start is an AdapterError."""
+        return proc.run([self._tool(tool), *args], tool, self.timeout, check=False)
 
     def get(self, name: str) -> Optional[str]:
         proc = self._run(self.printenv, [*self.print_args, name])

@@ -1,8 +1,11 @@
 """The device's OSTree sysroot, driven through the `ostree` CLI.
 
 Why the CLI and not libostree bindings: it keeps the device install light and it is the tool a
-person uses to debug the same sysroot. Every call goes through `_run`, which turns a missing
-binary or a non-zero exit into an `UpdaterError` carrying ostree's own stderr.
+person uses to debug the same sysroot. Every call goes through `run_ostree` (`usbupdater.proc`:
+a timeout per subcommand, the process group killed with us). ostree's stderr is never quoted:
+a failure becomes a fixed message plus, when one can be picked out, a validated object checksum.
+The stick's repo is walked by `usbupdater.stick_repo` before ostree opens it (no link, FIFO or
+device anywhere in it).
 
 What aktualizr-lite does, and so do we:
 - `pull-local --untrusted` from the bundle's archive repo: ostree re-checksums every object.
@@ -21,12 +24,12 @@ import configparser
 import json
 import os
 import re
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Protocol
 
+from usbupdater import log, proc, stick_repo
 from usbupdater.errors import (
     AdapterError,
     ContentMissingError,
@@ -49,6 +52,22 @@ _DEPLOY_DIR = re.compile(r"^(?P<commit>[0-9a-f]{64})\.(?P<serial>\d+)$")
 # hard links plus a copied /etc and kernel/initramfs in /boot, covered by a fixed allowance.
 DEFAULT_DEPLOY_ALLOWANCE = 1 << 20
 _OSTREE_DEFAULT_MIN_FREE_PERCENT = 3  # libostree's default `min-free-space-percent`
+
+# Seconds per ostree subcommand. pull-local and ls read the stick (a slow one: a few MB/s);
+# deploy and cleanup write the sysroot. The agent's own `updater_timeout` (3600) caps the whole
+# install above these, so the core reports its own reason first.
+PULL_TIMEOUT = 3000.0
+_TIMEOUTS = {
+    "pull-local": PULL_TIMEOUT,
+    "ls": 600.0,
+    "admin deploy": 900.0,
+    "admin cleanup": 900.0,
+    "admin undeploy": 600.0,
+    "admin status": 60.0,
+}
+DEFAULT_TIMEOUT = 600.0
+LS_MAX_OUTPUT = 64 << 20  # `ostree ls -R -C` of a commit: ~130 bytes a file, ~500k files
+logger = log.get_logger("rootfs")
 
 
 def is_commit(value: str) -> bool:
@@ -91,26 +110,34 @@ class BootedCommitSource(Protocol):
 
 
 def run_ostree(
-    args: Sequence[str], *, ostree_bin: str = "ostree", check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    """Run ostree; a missing binary or a failure is an AdapterError quoting its stderr."""
-    cmd = [ostree_bin, *args]
-    try:
-        proc = subprocess.run(
-            cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
-        )
-    except FileNotFoundError:
-        raise AdapterError(f"{ostree_bin}: command not found (is ostree installed?)") from None
-    except OSError as exc:
-        raise AdapterError(f"{ostree_bin}: cannot run: {exc.strerror}") from None
-    if check and proc.returncode != 0:
-        raise AdapterError(f"ostree {args[0]} failed ({proc.returncode}): {_stderr(proc)}")
-    return proc
+    args: Sequence[str],
+    *,
+    ostree_bin: str = "ostree",
+    check: bool = True,
+    timeout: Optional[float] = None,
+    max_stdout: Optional[int] = None,
+    stop_on_overflow: bool = False,
+) -> proc.Completed:
+    """Run ostree; a missing binary, a timeout or (check) a failure is an AdapterError with a
+    fixed reason ("ostree admin status failed (exit 1)"), never ostree's own words."""
+    what = ostree_what(args)
+    limit = timeout if timeout is not None else _TIMEOUTS.get(what[7:], DEFAULT_TIMEOUT)
+    return proc.run(
+        [ostree_bin, *args],
+        what,
+        limit,
+        check=check,
+        max_stdout=max_stdout,
+        stop_on_overflow=stop_on_overflow,
+    )
 
 
-def _stderr(proc: subprocess.CompletedProcess[str]) -> str:
-    text = (proc.stderr or proc.stdout or "").strip()
-    return " ".join(text.split()) or "no output"
+def ostree_what(args: Sequence[str]) -> str:
+    """ "ostree pull-local", "ostree admin deploy": the subcommand, options left out."""
+    words = [a for a in args[:2] if not a.startswith("-")]
+    if words[:1] != ["admin"]:
+        words = words[:1]
+    return " ".join(["ostree", *words])
 
 
 def parse_status(text: str) -> list[Deployment]:
@@ -164,6 +191,7 @@ class OstreeSysroot:
         ostree_bin: str = "ostree",
         free_space: Callable[[Path], int] = statvfs_free,
         deploy_allowance: int = DEFAULT_DEPLOY_ALLOWANCE,
+        pull_timeout: float = PULL_TIMEOUT,
     ) -> None:
         self.sysroot = Path(sysroot)
         self.osname = osname
@@ -174,16 +202,17 @@ class OstreeSysroot:
         self.ostree_bin = ostree_bin
         self._free_space = free_space
         self.deploy_allowance = deploy_allowance
+        self.pull_timeout = pull_timeout
 
-    def _ostree(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def _ostree(self, *args: str) -> proc.Completed:
         return run_ostree(args, ostree_bin=self.ostree_bin)
 
     # --- reading ------------------------------------------------------------------------------
 
     def deployments(self) -> list[Deployment]:
         """This OS's deployments, newest (next to boot) first."""
-        proc = self._ostree("admin", "status", f"--sysroot={self.sysroot}")
-        return [d for d in parse_status(proc.stdout) if d.osname == self.osname]
+        done = self._ostree("admin", "status", f"--sysroot={self.sysroot}")
+        return [d for d in parse_status(done.stdout) if d.osname == self.osname]
 
     def has_commit(self, commit: str) -> bool:
         """Whether the commit object is in the sysroot repo (a partial pull does not count)."""
@@ -219,18 +248,30 @@ class OstreeSysroot:
         a fixed allowance covers the metadata objects and the deployment (/etc copy, kernel).
         libostree refuses to write past `min-free-space-*` of the sysroot repo, so that reserve
         is counted too: our refusal then predicts ostree's instead of racing it.
+        The stick's repo is checked (`stick_repo`) before ostree opens it.
         """
         _check_commit(commit)
+        stick_repo.check_repo(src_repo)
+        return self._estimate(src_repo, commit)
+
+    def _estimate(self, src_repo: Path, commit: str) -> SpaceEstimate:
         listing = run_ostree(
             ["ls", f"--repo={src_repo}", "-R", "-C", commit],
             ostree_bin=self.ostree_bin,
             check=False,
+            max_stdout=LS_MAX_OUTPUT,
+            stop_on_overflow=True,  # unverified dirtrees can repeat each other without end
         )
+        if listing.stdout_truncated:
+            raise AdapterError(
+                f"ostree ls: the listing of commit {commit[:12]} is longer than "
+                f"{LS_MAX_OUTPUT >> 20} MiB"
+            )
         if listing.returncode != 0:  # ls reads every file object: a missing one shows here
-            raise _content_error(f"ostree ls {commit[:12]} in {src_repo}", _stderr(listing))
+            raise _content_error(listing, commit)
         objects = parse_ls(listing.stdout)
         if not objects:
-            raise AdapterError(f"ostree ls {commit} in {src_repo}: no content listed")
+            raise AdapterError(f"ostree ls: no content listed for commit {commit[:12]}")
         st = os.statvfs(self.repo)
         block = st.f_frsize or 4096
         needed = 0
@@ -267,7 +308,9 @@ class OstreeSysroot:
 
     def check_space(self, src_repo: Path, commit: str) -> SpaceEstimate:
         """Raise NoSpaceError (60) with the numbers when the pull would not fit."""
-        est = self.estimate_space(src_repo, commit)
+        return self._sufficient(self.estimate_space(src_repo, commit), commit)
+
+    def _sufficient(self, est: SpaceEstimate, commit: str) -> SpaceEstimate:
         if not est.sufficient:
             raise NoSpaceError(
                 f"not enough space in {self.repo} for commit {commit[:12]}: need "
@@ -280,18 +323,23 @@ class OstreeSysroot:
     # --- changing -----------------------------------------------------------------------------
 
     def pull(self, src_repo: Path, commit: str, *, check_space: bool = True) -> None:
-        """Copy one commit from the bundle's repo, letting ostree verify every object."""
+        """Copy one commit from the bundle's repo, letting ostree verify every object.
+
+        The stick's repo is walked once (`stick_repo`), before the listing and the pull.
+        """
         _check_commit(commit)
+        walked = stick_repo.check_repo(src_repo)
+        logger.debug("stick repo checked", entries=walked.entries, seconds=walked.seconds)
         if check_space:
-            self.check_space(src_repo, commit)
-        proc = run_ostree(
+            self._sufficient(self._estimate(src_repo, commit), commit)
+        done = run_ostree(
             ["pull-local", "--untrusted", f"--repo={self.repo}", str(src_repo), commit],
             ostree_bin=self.ostree_bin,
             check=False,
+            timeout=self.pull_timeout,
         )
-        if proc.returncode != 0:
-            where = f"ostree pull-local {commit[:12]} from {src_repo}"
-            raise _content_error(where, _stderr(proc))
+        if done.returncode != 0:
+            raise _content_error(done, commit)
         if not self.has_commit(commit):
             raise AdapterError(f"ostree pull-local {commit} reported success but it is missing")
 
@@ -307,16 +355,16 @@ class OstreeSysroot:
             return current[0]
         if not self.has_commit(commit):
             raise ContentMissingError(f"commit {commit} is not in {self.repo}: pull it first")
-        proc = run_ostree(
+        done = run_ostree(
             ["admin", "deploy", f"--sysroot={self.sysroot}", f"--os={self.osname}", commit],
             ostree_bin=self.ostree_bin,
             check=False,
         )
-        if proc.returncode != 0:
-            err = _stderr(proc)
-            if _is_enospc(err):
-                raise NoSpaceError(f"ostree admin deploy {commit[:12]}: {err}")
-            raise AdapterError(f"ostree admin deploy {commit} failed: {err}")
+        if done.returncode != 0:
+            logger.debug("ostree admin deploy failed", code=done.returncode, tail=done.detail)
+            if _is_enospc(done.stderr):
+                raise NoSpaceError(f"not enough space to deploy commit {commit[:12]}")
+            raise AdapterError(proc.failed_reason("ostree admin deploy", done.returncode))
         after = self.deployments()
         if not after or after[0].commit != commit:
             raise AdapterError(f"ostree admin deploy {commit}: not the default deployment after")
@@ -372,16 +420,49 @@ def _is_enospc(err: str) -> bool:
     return "no space left on device" in low or "min-free-space" in low
 
 
-def _content_error(where: str, err: str) -> UpdaterError:
-    """Map ostree's failure reading bundle content to the exit code a person can act on."""
+# ostree's words for content trouble; only the checksums next to them are ever shown.
+_UNREADABLE = ("input/output error",)
+# "Writing content object: Unexpected EOF ..." and zlib's errors: a .filez that does not inflate
+_CORRUPT = (
+    "corrupted",
+    "checksum expected",
+    "invalid checksum",
+    "checksum mismatch",
+    "writing content object",
+    "unexpected eof",
+    "decompress",
+)
+_MISSING = ("couldn't find", "no such metadata object", "not found", "no such file")
+_CHECKSUM = re.compile(r"(?<![0-9a-f])([0-9a-f]{64})(?![0-9a-f])")
+
+
+def _content_error(done: proc.Completed, commit: str) -> UpdaterError:
+    """Map ostree's failure reading bundle content to a fixed message and exit code.
+
+    Its stderr is matched, never quoted: a person sees "bundle content failed verification
+    (object <checksum>)" with a checksum that matched a 64-hex pattern, or "<ostree
+    subcommand> failed (exit N)". The sanitised tail goes to the debug log.
+    """
+    err = done.stderr
     low = err.lower()
+    what = ostree_what(done.args[1:])
+    logger.debug("ostree failed", what=what, code=done.returncode, tail=done.detail)
+    found = [c for c in _CHECKSUM.findall(low) if c != commit]
     if _is_enospc(err):
-        return NoSpaceError(f"{where}: {err}")
-    if "corrupted" in low or "checksum expected" in low or "invalid checksum" in low:
-        return VerificationError(f"{where}: bundle content failed verification: {err}")
-    if "couldn't find" in low or "no such metadata object" in low or "not found" in low:
-        return ContentMissingError(f"{where}: bundle content missing: {err}")
-    return AdapterError(f"{where} failed: {err}")
+        return NoSpaceError(
+            f"{what}: not enough space in the sysroot repo for commit {commit[:12]}"
+        )
+    if any(m in low for m in _UNREADABLE):
+        return AdapterError(f"{what}: cannot read the bundle (I/O error)")
+    if any(m in low for m in _CORRUPT):
+        obj = f" (object {found[0]})" if found else ""
+        return VerificationError(f"commit {commit[:12]}: bundle content failed verification{obj}")
+    if any(m in low for m in _MISSING):
+        missing = found[0] if found else commit
+        return ContentMissingError(
+            f"commit {commit[:12]}: bundle content missing (object {missing})"
+        )
+    return AdapterError(proc.failed_reason(what, done.returncode))
 
 
 def _parse_size(text: str) -> int:
@@ -456,10 +537,10 @@ class ProcCmdlineBootedCommit:
                 found = _resolve_ostree_arg(self.sysroot, arg.split("=", 1)[1])
                 if found:
                     return found[0]
-        proc = run_ostree(
+        done = run_ostree(
             ["admin", "status", f"--sysroot={self.sysroot}"], ostree_bin=self.ostree_bin
         )
-        booted = [d for d in parse_status(proc.stdout) if d.booted]
+        booted = [d for d in parse_status(done.stdout) if d.booted]
         return booted[0].commit if booted else None
 
 

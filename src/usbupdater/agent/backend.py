@@ -11,7 +11,9 @@ records being present.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -21,11 +23,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import IO, Callable, Optional
 
-from usbupdater import log
+from usbupdater import log, proc
 from usbupdater.agent.settings import AgentSettings
 
 REASON_PREFIXES = ("usbupdater: ", "aklite-offline: ")
 TAIL_LINES = 20
+MAX_LINE = 8192  # a longer stderr line is read in pieces, never held whole
+MAX_STDOUT = 1 << 20  # of the core's stdout (`current` prints a few lines); the rest is dropped
 
 
 @dataclass(frozen=True)
@@ -131,41 +135,28 @@ class Updater:
         reader = LineReader(on_progress)
         self._log.info("calling the updater", argv=argv)
         try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                errors="replace",
-                bufsize=1,
-            )
-        except OSError as exc:
-            return Outcome(name, None, f"cannot start {argv[0]}: {exc.strerror}", started=started)
-        out: list[str] = []
-        assert proc.stdout is not None and proc.stderr is not None
-        stdout_thread = threading.Thread(target=lambda: out.append(proc.stdout.read()))  # type: ignore[union-attr]
-        stdout_thread.start()
+            child = proc.spawn(argv, text=True, what=os.path.basename(argv[0]))
+        except proc.CommandError as exc:
+            return Outcome(name, None, f"cannot start the updater: {exc.reason}", started=started)
         limit = timeout if timeout is not None else self.s.updater_timeout
-        expired = threading.Event()
-
-        def expire() -> None:
-            expired.set()
-            proc.terminate()
-
-        timer = threading.Timer(limit, expire) if limit > 0 else None
-        if timer:
-            timer.start()
+        out = _BoundedReader(child.stdout)
+        out.start()
+        guard = _Deadline(child, limit)
+        code: Optional[int] = None
+        err = child.stderr
+        assert err is not None
         try:
-            for line in proc.stderr:
+            for line in iter(lambda: err.readline(MAX_LINE), ""):
                 self._echo(line)
                 reader.feed(line)
-            code: Optional[int] = proc.wait()
-        finally:
-            if timer:
-                timer.cancel()
-            stdout_thread.join()
-        if expired.is_set():
+            guard.wait_exit()  # stderr closed: the exit, until the deadline (left unreaped)
+        finally:  # also on an exception here (the agent's SIGTERM): the whole group goes
+            guard.finish()  # reap, and kill what it left in its group
+            guard.cancel()
+            out.join(timeout=proc.KILL_GRACE)
+        code = child.returncode
+        expired = guard.expired
+        if expired:
             reader.reason = f"{name} did not finish within {limit:.0f} s and was stopped"
             code = None
         elif code is not None and code < 0:
@@ -179,7 +170,7 @@ class Updater:
             tuple(reader.tail),
             started,
             time.monotonic() - t0,
-            "".join(out),
+            out.text(),
         )
         self._log.info("updater finished", command=name, code=code, reason=outcome.reason)
         return outcome
@@ -204,3 +195,68 @@ def parse_current(text: str) -> Optional[str]:
     if not m or m.group(1).lower() in ("none", "none:"):
         return None
     return m.group(1)
+
+
+class _BoundedReader(threading.Thread):
+    """Drains a pipe to its end, keeping only the first MAX_STDOUT characters."""
+
+    def __init__(self, pipe: Optional[IO[str]]) -> None:
+        super().__init__(daemon=True)
+        self.pipe = pipe
+        self.parts: list[str] = []
+        self.size = 0
+
+    def run(self) -> None:
+        if self.pipe is None:
+            return
+        for chunk in iter(lambda: self.pipe.read(65536), ""):  # type: ignore[union-attr]
+            if self.size < MAX_STDOUT:
+                self.parts.append(chunk[: MAX_STDOUT - self.size])
+                self.size += len(self.parts[-1])
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+class _Deadline:
+    """The updater's time limit: SIGTERM to its group, SIGKILL after a grace.
+
+    Only the calling thread reaps the child (in `finish`), after the last signal: its pid names
+    the group, so it must not be reused while a signal can still be sent to it.
+    """
+
+    def __init__(self, child: subprocess.Popen[str], limit: float) -> None:
+        self.child = child
+        self.end = time.monotonic() + limit if limit > 0 else None
+        self.expired = False
+        self._lock = threading.Lock()
+        self._done = False
+        self._timer = threading.Timer(limit, self._expire) if limit > 0 else None
+        if self._timer:
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.expired = True
+            proc.signal_group(self.child.pid, signal.SIGTERM)
+        time.sleep(proc.KILL_GRACE)
+        with self._lock:
+            if not self._done:
+                proc.signal_group(self.child.pid, signal.SIGKILL)
+
+    def wait_exit(self) -> None:
+        left = None if self.end is None else max(self.end - time.monotonic(), 0.0)
+        if not proc.wait_unreaped(self.child.pid, left):
+            self.expired = True
+
+    def finish(self) -> None:
+        with self._lock:
+            self._done = True
+            proc.kill_group(self.child)
+
+    def cancel(self) -> None:
+        if self._timer:
+            self._timer.cancel()

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from usbupdater import log, safeio
+from usbupdater import log, proc, safeio
 from usbupdater.agent.filter import Stick
 from usbupdater.agent.settings import AgentSettings
 from usbupdater.textsafe import safe_text
@@ -95,17 +95,11 @@ class Media:
         self._log = log.get_logger("media")
 
     def _run(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
+        """Exit code and bounded output; a timeout or a missing tool is a MediaError."""
         try:
-            return subprocess.run(
-                argv,
-                capture_output=True,
-                text=True,
-                timeout=self.s.command_timeout,
-                stdin=subprocess.DEVNULL,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise MediaError(f"{argv[0]}: {exc}") from exc
+            return proc.run(argv, os.path.basename(argv[0]), self.s.command_timeout, check=False)
+        except proc.CommandError as exc:
+            raise MediaError(exc.reason) from exc
 
     def mount(self, stick: Stick, *, rw: bool = False) -> Path:
         base = self.s.media_dir

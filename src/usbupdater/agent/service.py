@@ -18,7 +18,6 @@ import os
 import queue
 import re
 import signal
-import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Callable, Optional, Union
 
-from usbupdater import log
+from usbupdater import log, proc
 from usbupdater.agent import policy, report
 from usbupdater.agent.backend import Outcome, Progress, Updater
 from usbupdater.agent.filter import Stick, refusal
@@ -480,24 +479,14 @@ class Service:
         """Run a helper command; an empty string when it worked, else why not."""
         if not argv:
             return ""
+        name = os.path.basename(argv[0])
         try:
-            proc = subprocess.run(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=self.s.command_timeout,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return f"cannot {what}: {exc}"
-        if proc.returncode != 0:
-            lines = (proc.stderr or proc.stdout).strip().splitlines()
-            msg = f"cannot {what}: {argv[0]} exited {proc.returncode}"
-            if lines:
-                msg += f": {lines[-1]}"
+            proc.run(list(argv), name, self.s.command_timeout)
+        except proc.CommandError as exc:  # fixed text: the tool's own stderr is not repeated
+            msg = f"cannot {what}: {exc.reason}"
             if not quiet:
                 self._log.warning("command failed", command=list(argv), error=msg)
+                self._log.debug("command output", command=name, tail=exc.detail)
             return msg
         return ""
 

@@ -16,12 +16,11 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from usbupdater import log
+from usbupdater import log, proc
 from usbupdater.agent.settings import AgentSettings
 from usbupdater.fsutil import atomic_write
 from usbupdater.textsafe import clean, safe_text
@@ -137,19 +136,11 @@ class StatusBoard:
             USBUPDATER_STATUS_FILE=str(self.path),
         )
         argv = [*self.s.notify_command, env["USBUPDATER_PHASE"], env["USBUPDATER_MESSAGE"]]
+        limit = min(NOTIFY_TIMEOUT, self.s.command_timeout)
         try:
-            proc = subprocess.run(
-                argv,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=min(NOTIFY_TIMEOUT, self.s.command_timeout),
-                check=False,
-            )
-            if proc.returncode != 0:
-                self._log.warning("notify command failed", code=proc.returncode)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            self._log.warning("notify command failed", error=str(exc))
+            proc.run(argv, "notify command", limit, env=env, max_output=4096)
+        except proc.CommandError as exc:  # its reason is fixed text, never the hook's stderr
+            self._log.warning("notify command failed", error=exc.reason)
 
     def _console(self) -> None:
         if not self.s.console:

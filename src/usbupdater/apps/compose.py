@@ -20,7 +20,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import tarfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,12 +28,13 @@ from typing import Any, Optional
 
 import yaml
 
+from usbupdater import proc
 from usbupdater.apps.engine import local_tag
 from usbupdater.apps.health import CONFIG_HASH_LABEL, ServiceExpectation
 from usbupdater.apps.members import DEFAULT_LIMITS, Limits, MemberError, scan_bundle, write_member
 from usbupdater.apps.store import AppContent, AppStore
 from usbupdater.apps.streams import GzipError
-from usbupdater.errors import AdapterError, VerificationError
+from usbupdater.errors import VerificationError
 from usbupdater.fsutil import fsync_dir
 
 COMPOSE_FILE = "docker-compose.yml"
@@ -197,25 +197,11 @@ class Compose:
         ]
 
     def run(self, *sub: str) -> str:
-        argv = self.args(*sub)
-        try:
-            res = subprocess.run(
-                argv,
-                cwd=self.project_dir,
-                env=self.env,
-                capture_output=True,
-                text=True,
-                timeout=self.timeout,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise AdapterError(f"{' '.join(self.command)} {sub[0]} {self.project}: {exc}") from None
-        if res.returncode != 0:
-            tail = " | ".join(res.stderr.strip().splitlines()[-5:])
-            raise AdapterError(
-                f"{' '.join(self.command)} {sub[0]} {self.project} exited {res.returncode}: {tail}"
-            )
-        return res.stdout
+        """stdout of one compose call; a failure is "<compose> <sub> <app> failed (exit N)"
+        (its stderr only in the debug log), a timeout kills compose's whole process group."""
+        what = f"{' '.join(self.command)} {sub[0]} {self.project}"
+        done = proc.run(self.args(*sub), what, self.timeout, env=self.env, cwd=self.project_dir)
+        return done.stdout
 
     def up(self) -> None:
         self.run("up", "-d", "--remove-orphans", "--no-build")
