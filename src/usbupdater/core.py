@@ -175,9 +175,30 @@ def transaction_id(
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]
 
 
+def shell_quote(value: str) -> str:
+    """`value` as a double-quoted POSIX shell word that `. current-target` cannot execute.
+
+    Inside double quotes only `\\`, `"`, `$` and a backtick are special: each gets a backslash.
+    Control characters (a newline would split the line for line-oriented readers) and lone
+    surrogates (not encodable) become `?`: the file keeps one `KEY="value"` per line.
+    """
+    out = []
+    for ch in value:
+        code = ord(ch)
+        if code < 0x20 or code == 0x7F or 0x80 <= code < 0xA0 or 0xD800 <= code < 0xE000:
+            out.append("?")
+        elif ch in '\\"$`':
+            out.append("\\" + ch)
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
 def write_current_target(path: Path, target: TargetRecord) -> None:
-    """`/var/sota/current-target` in aktualizr-lite's shell-style format."""
-    lines = [f'TARGET_NAME="{target.name}"', f'CUSTOM_VERSION="{target.version}"']
+    """`/var/sota/current-target` in aktualizr-lite's `KEY="value"` format, shell-safe: the
+    values come from signed metadata, but scripts source this file, so they are quoted."""
+    lines = [f"TARGET_NAME={shell_quote(target.name)}"]
+    lines.append(f"CUSTOM_VERSION={shell_quote(str(target.version))}")
     for key, var in (
         ("lmp-manifest-sha", "LMP_MANIFEST_SHA"),
         ("meta-subscriber-overrides-sha", "META_SUBSCRIBER_OVERRIDES_SHA"),
@@ -185,10 +206,10 @@ def write_current_target(path: Path, target: TargetRecord) -> None:
     ):
         value = target.custom.get(key)
         if isinstance(value, str) and value:
-            lines.append(f'{var}="{value}"')
+            lines.append(f"{var}={shell_quote(value)}")
     tags = target.custom.get("tags")
     tag_list = [str(t) for t in tags] if isinstance(tags, list) else []
-    lines.append(f'TAG="{",".join(tag_list)}"')
+    lines.append(f"TAG={shell_quote(','.join(tag_list))}")
     fsutil.atomic_write_text(path, "\n".join(lines) + "\n")
 
 
