@@ -310,7 +310,12 @@ class AppStore:
                     need[b.digest] = b.size
         return sum(need.values())
 
-    def add_apps(self, source: Union[BlobSource, PathLike], apps: Iterable[AppContent]) -> None:
+    def add_apps(
+        self,
+        source: Union[BlobSource, PathLike],
+        apps: Iterable[AppContent],
+        created: Optional[list[Path]] = None,
+    ) -> None:
         """Copy the verified apps from the stick (a BlobSource or its `apps/` dir) into the store.
 
         Blobs already present (e.g. copied by `CopyingSource` while they were verified) are
@@ -319,6 +324,8 @@ class AppStore:
 
         Refuses (NoSpaceError) before copying when the store's filesystem cannot hold what is
         missing; a content mismatch raises VerificationError and leaves no partial blob.
+        `created` collects the app directories and files this call added (`remove_created`
+        takes them back when the install is refused later).
         """
         apps = list(apps)
         makedirs_durable(self.blob_dir)
@@ -337,10 +344,16 @@ class AppStore:
                     copied = True
             if copied:
                 fsync_dir(self.blob_dir)
-            self._write_app_dir(app)
+            self._write_app_dir(app, created if created is not None else [])
 
-    def _write_app_dir(self, app: AppContent) -> None:
+    def _write_app_dir(self, app: AppContent, created: list[Path]) -> None:
         d = self.app_dir(app)
+        top = next((p for p in (self.root / "apps", d.parent, d) if not p.exists()), None)
+        if top is not None:
+            created.append(top)
+        else:  # the directory was there (an earlier copy): note each file added to it
+            names = ("uri", "manifest.json", f"{app.bundle.hex}.tgz", RECORD)
+            created.extend(d / n for n in names if not (d / n).exists())
         makedirs_durable(d)
         atomic_write(d / "uri", app.uri.encode())
         for name, blob in (("manifest.json", app.manifest), (f"{app.bundle.hex}.tgz", app.bundle)):
@@ -351,6 +364,16 @@ class AppStore:
                 os.link(self.blob_path(blob), tmp)  # same bytes, no extra space
                 os.replace(tmp, target)
         atomic_write(d / RECORD, json.dumps(app.to_json(), indent=1, sort_keys=True).encode())
+
+    def remove_created(self, created: list[Path]) -> None:
+        """Remove what `add_apps` reported as created (newest first), durably."""
+        for path in reversed(created):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+            fsync_dir(path.parent)
+        created.clear()
 
     def load_app(self, name: str, uri: str) -> AppContent:
         """The stored description of an app version (for `run` and rollback, without the stick)."""
