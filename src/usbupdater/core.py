@@ -31,6 +31,7 @@ from usbupdater.config import Config
 from usbupdater.decisions import AppsFailurePlan, Situation
 from usbupdater.errors import (
     AdapterError,
+    ConfigError,
     ExitCode,
     InstallPendingError,
     NothingPendingError,
@@ -68,6 +69,19 @@ class Outcome:
     target: Optional[str] = None
 
 
+def storage_watermark(cfg: Config) -> int:
+    """`[pacman] storage_watermark` (aktualizr-lite's key: 80, clamped to 20..95 by AppStore)."""
+    from usbupdater.apps.store import DEFAULT_STORAGE_WATERMARK
+
+    text = cfg.table("pacman").get_str("storage_watermark", str(DEFAULT_STORAGE_WATERMARK))
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ConfigError(
+            f"[pacman] storage_watermark: expected a percentage, got {text!r}"
+        ) from None
+
+
 class Device:
     """The adapters of one device, built from configuration (the simulation plugs in here)."""
 
@@ -94,7 +108,7 @@ class Device:
     def app_store(self) -> AppStore:
         from usbupdater.apps.store import AppStore
 
-        return AppStore(self.cfg.pacman.reset_apps_root)
+        return AppStore(self.cfg.pacman.reset_apps_root, storage_watermark(self.cfg))
 
     @cached_property
     def apps(self) -> AppsContext:
