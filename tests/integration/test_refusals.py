@@ -222,3 +222,45 @@ def test_corrupt_app_blob_80_removes_app_dirs_from_earlier_partial_copy(
         cfg, dev = _device_with(rig)
         core.install(cfg, bundle, device=dev)
     assert device_view(rig) == before
+
+
+# Stand-ins keeping variables as files; like U-Boot's fw_setenv, `setenv NAME` deletes NAME.
+_PRINTENV = """#!/bin/sh
+[ "$1" = "-n" ] && shift
+if [ -f "{env}/$1" ]; then cat "{env}/$1"; echo; exit 0; fi
+echo "## Error: \\"$1\\" not defined" >&2
+exit 1
+"""
+_SETENV = """#!/bin/sh
+if [ $# -eq 1 ]; then rm -f "{env}/$1"; else printf '%s' "$2" > "{env}/$1"; fi
+"""
+
+
+@pytest.mark.parametrize("mode", ["uboot_masked", "fiovb"])
+def test_tool_bootloader_variables_restored_after_update_notify(tmp_path: Path, mode: str) -> None:
+    """The undo of `update_notify` through stand-in tools: values written back, a variable that
+    was unset is deleted again (U-Boot) or set to what unset reads as, 0 (fiovb)."""
+    from usbupdater.bootloader import ToolBootloader, make_bootloader
+
+    prefix = "fw" if mode.startswith("uboot") else mode
+    bindir, env = tmp_path / "bin", tmp_path / "env"
+    bindir.mkdir()
+    env.mkdir()
+    for tool, text in (("printenv", _PRINTENV), ("setenv", _SETENV)):
+        script = bindir / f"{prefix}_{tool}"
+        script.write_text(text.format(env=env))
+        script.chmod(0o755)
+    bl = make_bootloader(mode, tool_dir=bindir)
+    assert isinstance(bl, ToolBootloader)
+    bl.set("bootcount", "2")
+    bl.set("upgrade_available", "0")
+    saved = bl.read_vars()
+    assert saved == {"bootcount": "2", "upgrade_available": "0", "rollback": None}
+    bl.update_notify()
+    files = {p.name: p.read_text() for p in env.iterdir()}
+    assert files == {"bootcount": "0", "upgrade_available": "1", "rollback": "0"}
+    bl.restore(saved)
+    expected = {"bootcount": "2", "upgrade_available": "0"}
+    if mode == "fiovb":
+        expected["rollback"] = "0"
+    assert {p.name: p.read_text() for p in env.iterdir()} == expected
