@@ -8,9 +8,14 @@ starts the apps, and confirms the target or rolls back.
 
 Crash safety: every step can be killed and re-run. Before its commit point a step leaves
 nothing the next run would misread (blobs are content-addressed, deploying the commit that is
-already the newest deployment is a no-op, a refused install removes the blobs it added); the
-commit point of each step is one atomic write of `state.json`, marked `COMMIT POINT` below, and
-history entries carry the installation's id so a re-run never writes one twice.
+already the newest deployment is a no-op); the commit point of each step is one atomic write of
+`state.json`, marked `COMMIT POINT` below, and history entries carry the installation's id so a
+re-run never writes one twice.
+
+Refusals: an install that fails before its commit point takes back everything it changed
+(`_Undo`): new blobs and app directories, the pulled objects, the new deployment (so the
+previous default boots next), the boot variables `update_notify` wrote and the reboot sentinel.
+Its message says what failed and that nothing was installed, or what remains if undoing failed.
 """
 
 from __future__ import annotations
