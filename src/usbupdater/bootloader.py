@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Optional
 
@@ -30,6 +31,8 @@ BOOT_VARIABLES = (
     "bootfirmware_version",
     "rollback_protection",
 )
+# What `update_notify` changes: saved before arming so a refused install can put them back.
+ARMED_VARIABLES = ("bootcount", "upgrade_available", "rollback")
 # Modes whose bootloader can update its own firmware (aktualizr-lite's list).
 BOOT_FIRMWARE_MODES = ("uboot_masked", "fiovb", "fioefi")
 # stderr of a print tool for a variable that simply is not set (fw_printenv: `## Error: "x" not
@@ -62,6 +65,24 @@ class Bootloader(ABC):
             return int(value.strip())
         except ValueError:
             raise AdapterError(f"boot variable {name}={value!r} is not a number") from None
+
+    def unset(self, name: str) -> None:
+        """Remove a variable; backends that cannot store "unset" set what unset reads as."""
+        self.set(name, "0")
+
+    def read_vars(self, names: tuple[str, ...] = ARMED_VARIABLES) -> dict[str, Optional[str]]:
+        return {n: self.get(n) for n in names}
+
+    def restore(self, saved: Mapping[str, Optional[str]]) -> None:
+        """Put variables back as `read_vars` found them, writing only the ones that differ
+        (so a write that failed before changing anything needs no write to undo)."""
+        for name, value in saved.items():
+            if self.get(name) == value:
+                continue
+            if value is None:
+                self.unset(name)
+            else:
+                self.set(name, value)
 
     def update_notify(self) -> None:
         """Arm the bootloader's boot counting before rebooting into a new deployment."""
@@ -128,6 +149,14 @@ class ToolBootloader(Bootloader):
         """The tool's exit code and output; a timeout or a failure to start is an AdapterError."""
         return proc.run([self._tool(tool), *args], tool, self.timeout, check=False)
 
+    def unset(self, name: str) -> None:
+        if self.mode in ("uboot_generic", "uboot_masked"):  # `fw_setenv NAME` deletes NAME
+            proc = self._run(self.setenv, [name])
+            if proc.returncode != 0:
+                raise AdapterError(f"{self.setenv} {name} (unset) failed ({proc.returncode})")
+        else:
+            super().unset(name)
+
     def get(self, name: str) -> Optional[str]:
         proc = self._run(self.printenv, [*self.print_args, name])
         if proc.returncode != 0:
@@ -172,6 +201,11 @@ class FileBootloader(Bootloader):
         values = self.read_all()
         values[name] = str(value)
         self.write_all(values)
+
+    def unset(self, name: str) -> None:
+        values = self.read_all()
+        if values.pop(name, None) is not None:
+            self.write_all(values)
 
 
 def make_bootloader(

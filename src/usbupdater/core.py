@@ -8,13 +8,19 @@ starts the apps, and confirms the target or rolls back.
 
 Crash safety: every step can be killed and re-run. Before its commit point a step leaves
 nothing the next run would misread (blobs are content-addressed, deploying the commit that is
-already the newest deployment is a no-op, a refused install removes the blobs it added); the
-commit point of each step is one atomic write of `state.json`, marked `COMMIT POINT` below, and
-history entries carry the installation's id so a re-run never writes one twice.
+already the newest deployment is a no-op); the commit point of each step is one atomic write of
+`state.json`, marked `COMMIT POINT` below, and history entries carry the installation's id so a
+re-run never writes one twice.
+
+Refusals: an install that fails before its commit point takes back everything it changed
+(`_Undo`): new blobs and app directories, the pulled objects, the new deployment (so the
+previous default boots next), the boot variables `update_notify` wrote and the reboot sentinel.
+Its message says what failed and that nothing was installed, or what remains if undoing failed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Mapping
@@ -22,7 +28,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from usbupdater import decisions, fsutil, log
 from usbupdater.bootloader import Bootloader, RebootSentinel, make_bootloader
@@ -30,6 +36,7 @@ from usbupdater.config import Config
 from usbupdater.decisions import AppsFailurePlan, Situation
 from usbupdater.errors import (
     AdapterError,
+    ConfigError,
     ExitCode,
     InstallPendingError,
     NothingPendingError,
@@ -67,6 +74,19 @@ class Outcome:
     target: Optional[str] = None
 
 
+def storage_watermark(cfg: Config) -> int:
+    """`[pacman] storage_watermark` (aktualizr-lite's key: 80, clamped to 20..95 by AppStore)."""
+    from usbupdater.apps.store import DEFAULT_STORAGE_WATERMARK
+
+    text = cfg.table("pacman").get_str("storage_watermark", str(DEFAULT_STORAGE_WATERMARK))
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ConfigError(
+            f"[pacman] storage_watermark: expected a percentage, got {text!r}"
+        ) from None
+
+
 class Device:
     """The adapters of one device, built from configuration (the simulation plugs in here)."""
 
@@ -93,7 +113,7 @@ class Device:
     def app_store(self) -> AppStore:
         from usbupdater.apps.store import AppStore
 
-        return AppStore(self.cfg.pacman.reset_apps_root)
+        return AppStore(self.cfg.pacman.reset_apps_root, storage_watermark(self.cfg))
 
     @cached_property
     def apps(self) -> AppsContext:
@@ -175,9 +195,30 @@ def transaction_id(
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]
 
 
+def shell_quote(value: str) -> str:
+    """`value` as a double-quoted POSIX shell word that `. current-target` cannot execute.
+
+    Inside double quotes only `\\`, `"`, `$` and a backtick are special: each gets a backslash.
+    Control characters (a newline would split the line for line-oriented readers) and lone
+    surrogates (not encodable) become `?`: the file keeps one `KEY="value"` per line.
+    """
+    out = []
+    for ch in value:
+        code = ord(ch)
+        if code < 0x20 or code == 0x7F or 0x80 <= code < 0xA0 or 0xD800 <= code < 0xE000:
+            out.append("?")
+        elif ch in '\\"$`':
+            out.append("\\" + ch)
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
 def write_current_target(path: Path, target: TargetRecord) -> None:
-    """`/var/sota/current-target` in aktualizr-lite's shell-style format."""
-    lines = [f'TARGET_NAME="{target.name}"', f'CUSTOM_VERSION="{target.version}"']
+    """`/var/sota/current-target` in aktualizr-lite's `KEY="value"` format, shell-safe: the
+    values come from signed metadata, but scripts source this file, so they are quoted."""
+    lines = [f"TARGET_NAME={shell_quote(target.name)}"]
+    lines.append(f"CUSTOM_VERSION={shell_quote(str(target.version))}")
     for key, var in (
         ("lmp-manifest-sha", "LMP_MANIFEST_SHA"),
         ("meta-subscriber-overrides-sha", "META_SUBSCRIBER_OVERRIDES_SHA"),
@@ -185,10 +226,10 @@ def write_current_target(path: Path, target: TargetRecord) -> None:
     ):
         value = target.custom.get(key)
         if isinstance(value, str) and value:
-            lines.append(f'{var}="{value}"')
+            lines.append(f"{var}={shell_quote(value)}")
     tags = target.custom.get("tags")
     tag_list = [str(t) for t in tags] if isinstance(tags, list) else []
-    lines.append(f'TAG="{",".join(tag_list)}"')
+    lines.append(f"TAG={shell_quote(','.join(tag_list))}")
     fsutil.atomic_write_text(path, "\n".join(lines) + "\n")
 
 
@@ -270,9 +311,8 @@ def _install_locked(
                 "again",
                 t.name,
             )
-        _change_device(dev, ci, bundle, rootfs_changed)
+        undo = _change_device(dev, ci, bundle, rootfs_changed)
     target = TargetRecord(t.name, t.version, t.sha256, dict(cand.apps), dict(t.custom))
-    ci.session.commit()
     txn = transaction_id(target, current, ci.trusted.targets_version)
     pending = PendingInstall(target, current, rootfs_changed, txn, _utcnow())
     code = decisions.install_code(rootfs_changed)
@@ -283,17 +323,92 @@ def _install_locked(
         "`usbupdater run`"
     )
     outcome = Outcome(code, message, t.name)
-    # History first (its id makes a re-run after a kill write it once), then the state.
-    _history(dev, f"{txn}/install", "install", target, code, "installed", message)
-    new_state = replace(state, pending=pending)
-    return _finish(dev, new_state, "install", outcome)  # COMMIT POINT of install
+    try:
+        ci.session.commit()  # newer verified metadata (kept even if the install is undone)
+        # History first (its id makes a re-run after a kill write it once), then the state.
+        _history(dev, f"{txn}/install", "install", target, code, "installed", message)
+        new_state = replace(state, pending=pending)
+        return _finish(dev, new_state, "install", outcome)  # COMMIT POINT of install
+    except (UpdaterError, OSError) as exc:
+        # Nothing records the installation: take the deployment, boot variables, sentinel and
+        # app store changes back, so the device does not boot a target nobody expects.
+        refused = undo.refused("recording the installation", exc)
+        with contextlib.suppress(UpdaterError, OSError):  # the state dir may be what failed
+            _history(
+                dev, f"{txn}/undone", "install", target, refused.code, "undone", refused.reason
+            )
+        raise refused from exc
 
 
-def _change_device(dev: Device, ci: CheckIn, bundle: Any, rootfs_changed: bool) -> None:
+class _Undo:
+    """What an install changed on the device so far, and how to take each change back.
+
+    Until the install's COMMIT POINT (the write of `state.json` with the pending record) every
+    change is registered here; a failure runs the undo steps newest first, so a refused install
+    leaves the device as it found it: no new blob, app directory, deployment, boot variable or
+    reboot sentinel. Returns what could not be undone, for an honest message.
+    """
+
+    def __init__(self) -> None:
+        self._steps: list[tuple[str, Callable[[], None]]] = []
+        self.deployed = False  # a new deployment was (or may have been) made
+
+    def add(self, remains: str, step: Callable[[], None]) -> None:
+        """`remains`: what stays on the device when `step` fails."""
+        self._steps.append((remains, step))
+
+    def run(self) -> list[str]:
+        left = []
+        for remains, step in reversed(self._steps):
+            try:
+                step()
+            except (UpdaterError, OSError) as exc:
+                logger.error("undoing a refused install failed", remains=remains, reason=str(exc))
+                left.append(remains)
+        self._steps.clear()
+        return left
+
+    def refused(self, what: str, exc: BaseException) -> UpdaterError:
+        """Undo everything, then the error to raise: `exc`'s class and code, a message saying
+        what failed and what the device looks like now."""
+        left = self.run()
+        reason = exc.reason if isinstance(exc, UpdaterError) else _os_reason(exc)
+        if self.deployed and not left:
+            tail = "the new deployment was removed, nothing was installed"
+        elif left:
+            tail = "undoing it failed, left on the device: " + "; ".join(left)
+        else:
+            tail = "nothing was installed"
+        cls = type(exc) if isinstance(exc, UpdaterError) else AdapterError
+        return cls(f"{what} failed: {reason}; {tail}")
+
+
+def _os_reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror or exc}{where}"
+    return type(exc).__name__
+
+
+def _remove_new_deployment(dev: Device, commit: str) -> None:
+    """Drop the deployment of `commit` if it is the next boot and not the booted one, so the
+    previous default boots next (a killed earlier run may have made it: no pending record
+    wants it either)."""
+    deps = dev.rootfs.deployments()
+    top = deps[0] if deps else None
+    if top is not None and top.commit == commit and not top.booted:
+        dev.rootfs.undeploy(top.index)
+    after = dev.rootfs.deployments()
+    if after and after[0].commit == commit and not after[0].booted:
+        raise AdapterError(f"deployment {commit[:12]} is still the next boot")
+
+
+def _change_device(dev: Device, ci: CheckIn, bundle: Any, rootfs_changed: bool) -> _Undo:
     """Store the apps and deploy the rootfs; on any failure, take back what was added.
 
     The commit is pulled by ostree (its own process) while the app blobs are verified and
-    copied, so the two biggest reads of the stick overlap on a multi-core device.
+    copied, so the two biggest reads of the stick overlap on a multi-core device. Returns the
+    undo steps: the caller runs them if its own steps up to the COMMIT POINT fail.
     """
     from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -302,39 +417,69 @@ def _change_device(dev: Device, ci: CheckIn, bundle: Any, rootfs_changed: bool) 
 
     assert ci.selection.selected is not None
     t = ci.selection.selected.target
+    undo = _Undo()
     copying = CopyingSource(bundle, dev.app_store) if ci.selection.selected.apps else None
+    if copying is not None:
+        undo.add("new blobs in the app store", copying.discard_created)
     pull: Optional[Future[None]] = None
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ostree-pull")
+    step = "verifying the content"
     try:
         if rootfs_changed and not dev.rootfs.has_commit(t.sha256):
             progress("copying-rootfs", f"copying root filesystem {t.sha256[:12]} from the stick")
             pull = pool.submit(dev.rootfs.pull, bundle.ostree_repo, t.sha256)
+            undo.add("the new commit's objects in the sysroot repo", dev.rootfs.prune)
         if copying is not None:
             progress("verifying-apps", f"verifying and storing the apps of {t.name}")
             ci = verify_content(ci, copying)
             if ci.content_error is not None:
                 raise ci.content_error  # 8 or 80
-            progress("copying-apps", f"recording {len(ci.apps)} app(s) in the device store")
-            dev.app_store.add_apps(copying, [content_from_verified(v) for v in ci.apps.values()])
         if pull is not None:
             pull.result()  # 60, 8, 80 or an ostree failure
+        if copying is not None:
+            progress("copying-apps", f"recording {len(ci.apps)} app(s) in the device store")
+            created: list[Path] = []
+            undo.add("new app directories", lambda: dev.app_store.remove_created(created))
+            contents = [content_from_verified(v) for v in ci.apps.values()]
+            dev.app_store.add_apps(copying, contents, created)
         if rootfs_changed:
             progress("deploying", f"deploying {t.name}")
+            step = "deploying the new root filesystem"
+            undo.deployed = True
+            undo.add(
+                f"deployment {t.sha256[:12]} as the next boot",
+                lambda: _remove_new_deployment(dev, t.sha256),
+            )
             dev.rootfs.deploy(t.sha256)  # a no-op when a killed run already deployed it
+            step = "arming the bootloader"
+            saved = dev.bootloader.read_vars()
+            undo.add(
+                f"boot variables changed ({', '.join(saved)})",
+                lambda: dev.bootloader.restore(saved),
+            )
             dev.bootloader.update_notify()  # bootcount=0, upgrade_available=1, rollback=0
+            step = "setting the reboot sentinel"
+            if not dev.sentinel.is_set():
+                undo.add(f"the reboot sentinel {dev.sentinel.path}", dev.sentinel.clear)
             dev.sentinel.set()
-    except BaseException:
-        if pull is not None:
-            pool.shutdown(wait=True)
-            try:
-                dev.rootfs.prune()  # drop the objects of a commit no deployment uses
-            except UpdaterError as exc:
-                logger.warning("could not prune the sysroot repo", reason=exc.reason)
-        if copying is not None:
-            copying.discard_created()  # a refused or failed install leaves no new blob
-        raise
+    except BaseException as exc:
+        pool.shutdown(wait=True)
+        if not isinstance(exc, (UpdaterError, OSError)):
+            undo.run()
+            raise
+        if undo.deployed:
+            raise undo.refused(step, exc) from exc
+        left = undo.run()
+        if left:
+            reason = exc.reason if isinstance(exc, UpdaterError) else _os_reason(exc)
+            cls = type(exc) if isinstance(exc, UpdaterError) else AdapterError
+            raise cls(
+                f"{reason}; undoing the install failed, left on the device: " + "; ".join(left)
+            ) from exc
+        raise  # the caller's message for an I/O error (the stick pulled out) stands
     finally:
         pool.shutdown(wait=True)
+    return undo
 
 
 def booted_or_none(dev: Device, *, quiet: bool = False) -> Optional[str]:

@@ -72,7 +72,10 @@ def test_deeply_nested_json(device: Device, name: str) -> None:
     start = time.monotonic()
     err = _expect(device, (11, 15))
     assert time.monotonic() - start < 2
-    assert "nested" in err.reason
+    if name in ("snapshot.json", "targets.json"):  # its parent declares its length: not parsed
+        assert "declares" in err.reason
+    else:
+        assert "nested" in err.reason
 
 
 def test_nesting_just_over_the_limit(device: Device) -> None:

@@ -38,6 +38,10 @@ if TYPE_CHECKING:
 
 CHUNK = 1 << 20
 RECORD = "usbupdater-app.json"
+# aktualizr-lite's `[pacman] storage_watermark`: apps may fill the store's filesystem up to this
+# percentage of its size; the rest stays free (for logs, databases, the engine). Clamped 20..95.
+DEFAULT_STORAGE_WATERMARK = 80
+STORAGE_WATERMARK_RANGE = (20, 95)
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 _TMP_PREFIX = ".tmp-"
 
@@ -215,11 +219,44 @@ def _hash_mismatch(what: str, blob: Blob, got_digest: str, got_size: int) -> Ver
 
 
 class AppStore:
-    """`reset_apps_root`: content-addressed blobs plus one directory per stored app version."""
+    """`reset_apps_root`: content-addressed blobs plus one directory per stored app version.
 
-    def __init__(self, root: PathLike) -> None:
+    Space: before a blob is copied, its declared (signed) size rounded up to whole blocks, plus
+    one block for its inode and directory entry, must fit in the filesystem's free space minus
+    the reserve `storage_watermark` leaves ((100 - watermark) % of the filesystem's size), so a
+    bundle too big for /var is refused (60) before /var fills up.
+    """
+
+    def __init__(self, root: PathLike, storage_watermark: int = DEFAULT_STORAGE_WATERMARK) -> None:
         self.root = Path(root)
         self.blob_dir = self.root / "blobs" / "sha256"
+        low, high = STORAGE_WATERMARK_RANGE
+        self.storage_watermark = min(max(storage_watermark, low), high)
+
+    # --- space ----------------------------------------------------------------------------------
+
+    def space(self) -> tuple[int, int, int]:
+        """(free bytes, bytes to keep free, block size) of the store's filesystem."""
+        st = os.statvfs(self.blob_dir if self.blob_dir.is_dir() else self.root)
+        block = st.f_frsize or 4096
+        reserve = st.f_blocks * block * (100 - self.storage_watermark) // 100
+        return st.f_bavail * block, reserve, block
+
+    @staticmethod
+    def cost(size: int, block: int) -> int:
+        """Bytes a file of `size` takes: whole blocks plus one for its inode/entry."""
+        return -(-size // block) * block + block
+
+    def check_space(self, sizes: Iterable[int], what: str) -> None:
+        """NoSpaceError (60) with the numbers unless files of `sizes` fit above the reserve."""
+        free, reserve, block = self.space()
+        need = sum(self.cost(n, block) for n in sizes)
+        if need > free - reserve:
+            raise NoSpaceError(
+                f"app store {self.root}: {what} needs {need} bytes, {free} are free and "
+                f"{reserve} of them stay free ([pacman] storage_watermark = "
+                f"{self.storage_watermark}%): {max(0, need - (free - reserve))} bytes short"
+            )
 
     # --- blobs ----------------------------------------------------------------------------------
 
@@ -310,7 +347,12 @@ class AppStore:
                     need[b.digest] = b.size
         return sum(need.values())
 
-    def add_apps(self, source: Union[BlobSource, PathLike], apps: Iterable[AppContent]) -> None:
+    def add_apps(
+        self,
+        source: Union[BlobSource, PathLike],
+        apps: Iterable[AppContent],
+        created: Optional[list[Path]] = None,
+    ) -> None:
         """Copy the verified apps from the stick (a BlobSource or its `apps/` dir) into the store.
 
         Blobs already present (e.g. copied by `CopyingSource` while they were verified) are
@@ -319,15 +361,13 @@ class AppStore:
 
         Refuses (NoSpaceError) before copying when the store's filesystem cannot hold what is
         missing; a content mismatch raises VerificationError and leaves no partial blob.
+        `created` collects the app directories and files this call added (`remove_created`
+        takes them back when the install is refused later).
         """
         apps = list(apps)
         makedirs_durable(self.blob_dir)
-        need = self.missing_bytes(apps)
-        st = os.statvfs(self.blob_dir)
-        if need > st.f_bavail * st.f_frsize:
-            raise NoSpaceError(
-                f"app store {self.root}: {need} bytes needed, {st.f_bavail * st.f_frsize} free"
-            )
+        missing = {b.digest: b.size for app in apps for b in app.blobs if not self.has_blob(b)}
+        self.check_space(missing.values(), f"{len(missing)} new blob(s)")
         src = as_source(source)
         for app in apps:
             copied = False
@@ -337,10 +377,16 @@ class AppStore:
                     copied = True
             if copied:
                 fsync_dir(self.blob_dir)
-            self._write_app_dir(app)
+            self._write_app_dir(app, created if created is not None else [])
 
-    def _write_app_dir(self, app: AppContent) -> None:
+    def _write_app_dir(self, app: AppContent, created: list[Path]) -> None:
         d = self.app_dir(app)
+        top = next((p for p in (self.root / "apps", d.parent, d) if not p.exists()), None)
+        if top is not None:
+            created.append(top)
+        else:  # the directory was there (an earlier copy): note each file added to it
+            names = ("uri", "manifest.json", f"{app.bundle.hex}.tgz", RECORD)
+            created.extend(d / n for n in names if not (d / n).exists())
         makedirs_durable(d)
         atomic_write(d / "uri", app.uri.encode())
         for name, blob in (("manifest.json", app.manifest), (f"{app.bundle.hex}.tgz", app.bundle)):
@@ -351,6 +397,16 @@ class AppStore:
                 os.link(self.blob_path(blob), tmp)  # same bytes, no extra space
                 os.replace(tmp, target)
         atomic_write(d / RECORD, json.dumps(app.to_json(), indent=1, sort_keys=True).encode())
+
+    def remove_created(self, created: list[Path]) -> None:
+        """Remove what `add_apps` reported as created (newest first), durably."""
+        for path in reversed(created):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+            fsync_dir(path.parent)
+        created.clear()
 
     def load_app(self, name: str, uri: str) -> AppContent:
         """The stored description of an app version (for `run` and rollback, without the stick)."""
@@ -501,6 +557,9 @@ class CopyingSource:
         path = self.store.blob_dir / hexdigest
         if path.is_file() and not path.is_symlink() and path.stat().st_size <= max_size:
             return open(path, "rb", buffering=0)
+        # Before the first byte of this blob is written: `max_size` is its declared (signed)
+        # size for layers and bundles, a small cap for manifests and configs.
+        self.store.check_space([max_size], f"blob sha256:{hexdigest[:12]} ({max_size} bytes)")
         src = self.source.open_blob(hexdigest, max_size)
         return io.BufferedReader(_TeeReader(src, self.store, hexdigest, self.created), CHUNK)
 

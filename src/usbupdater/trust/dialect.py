@@ -39,6 +39,12 @@ MiB = 1024 * 1024
 MAX_META_SIZE = 1 * MiB  # root, timestamp, snapshot, bundle-targets
 MAX_TARGETS_SIZE = 16 * MiB  # targets.json grows with every target of the factory
 MAX_DEPTH = 32  # real metadata nests about 8 deep; bounds every later walk of the tree
+# A file whose raw bytes do not match what its parent declares is parsed (to try its canonical
+# form, as aktualizr-lite hashes it) only up to this size; larger ones are refused unparsed.
+CANONICAL_FALLBACK_MAX = 64 * 1024
+# Bytes a file may exceed its declared length by (trailing whitespace, as in real vectors).
+_TRAILING_SLACK = 4096
+_WHITESPACE = b" \t\r\n"
 
 ROLE_TYPES = ("root", "timestamp", "snapshot", "targets")
 _SCHEMES = {"ed25519": "ed25519", "rsa": "rsassa-pss-sha256"}
@@ -280,6 +286,40 @@ def check_threshold(env: Envelope[Any], root: Root, role: str, signer: str) -> N
         raise SecurityError(
             f"{env.label}: {got} valid signature(s) by the {role} keys of {signer}, {need} needed"
         )
+
+
+def meta_read_limit(length: int | None, cap: int) -> int:
+    """How many bytes to read at most for a file whose parent declares `length` (None: `cap`)."""
+    if length is None:
+        return cap
+    return min(cap, max(length + _TRAILING_SLACK, CANONICAL_FALLBACK_MAX))
+
+
+def precheck_meta(
+    data: bytes, length: int | None, hashes: Mapping[str, str] | None
+) -> tuple[bool, str | None]:
+    """Check a file's raw bytes against its parent's declaration BEFORE parsing it.
+
+    Returns (True, None) when the raw bytes (trailing whitespace aside) are what was declared, or
+    nothing was declared: parse, no further check. (False, why) refuses the file unparsed.
+    (False, None): the raw bytes differ but the file is small enough
+    (`CANONICAL_FALLBACK_MAX`) to parse and try its canonical form with `check_meta`. So a stick
+    can make us parse at most that much unauthenticated JSON, or what the signer declared.
+    """
+    known = {alg: h for alg, h in (hashes or {}).items() if alg in _HASHES}
+    if hashes and not known:
+        return False, f"no supported hash declared ({', '.join(sorted(hashes))})"
+    stripped = data.rstrip(_WHITESPACE)
+    for form in (data, stripped):
+        if length is not None and len(form) != length:
+            continue
+        if all(_HASHES[alg](form).hexdigest() == want.lower() for alg, want in known.items()):
+            return True, None
+    if len(data) <= CANONICAL_FALLBACK_MAX:
+        return False, None
+    if length is not None and length not in (len(data), len(stripped)):
+        return False, f"length {len(data)} does not match the {length} declared"
+    return False, f"{'/'.join(sorted(known))} does not match the hash declared"
 
 
 def check_meta(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Optional
 
-from tuf.api.metadata import Root, Snapshot, Targets, Timestamp
+from tuf.api.metadata import MetaFile, Root, Snapshot, Targets, Timestamp
 
 from usbupdater.errors import BundleMetadataError, ExpiredError, MetadataMissingError, SecurityError
 from usbupdater.trust.dialect import (
@@ -29,6 +29,8 @@ from usbupdater.trust.dialect import (
     check_threshold,
     format_time,
     load,
+    meta_read_limit,
+    precheck_meta,
     valid_keyids,
 )
 
@@ -96,6 +98,30 @@ def _fetch_required(fetch: Fetch, name: str, limit: int) -> bytes:
     if data is None:
         raise MetadataMissingError(f"{name}: missing from the bundle")
     return data
+
+
+def _fetch_declared(
+    fetch: Fetch, role: str, cap: int, meta: MetaFile, parent: str
+) -> tuple[bytes, bool]:
+    """Read `<role>.json` and check its raw bytes against what `parent` declares, unparsed.
+
+    The read is bounded by the declared length (plus a little slack) and a mismatching file is
+    refused before any JSON parsing, so an unauthenticated 16 MiB file costs a read and a hash,
+    not a parse. Returns the bytes and whether the raw bytes already matched; when not, the
+    caller must check the canonical form with `check_meta` after parsing (small files only).
+    """
+    name = f"{role}.json"
+    limit = meta_read_limit(meta.length, cap)
+    try:
+        data = _fetch_required(fetch, name, limit)
+    except SecurityError as exc:
+        if limit < cap:  # the file outgrew its declared length (or is unsafe: the reason says)
+            raise SecurityError(f"{exc.reason}; {parent} declares {meta.length} bytes") from None
+        raise
+    raw_ok, why = precheck_meta(data, meta.length, meta.hashes)
+    if why:
+        raise SecurityError(f"{role} v{meta.version}: {why} in {parent} (file not parsed)")
+    return data, raw_ok
 
 
 def walk_roots(
@@ -213,9 +239,9 @@ def _verify_top(
         )
     _check_expiry(ts, now)
 
-    snap_data = _fetch_required(fetch, "snapshot.json", MAX_META_SIZE)
+    snap_data, raw_ok = _fetch_declared(fetch, "snapshot", MAX_META_SIZE, snap_meta, ts.label)
     snap: Envelope[Snapshot] = load(snap_data, "snapshot", "snapshot.json")
-    why = check_meta(snap_data, snap, snap_meta.length, snap_meta.hashes)
+    why = None if raw_ok else check_meta(snap_data, snap, snap_meta.length, snap_meta.hashes)
     if why:
         raise SecurityError(f"{snap.label}: {why} in {ts.label}")
     check_threshold(snap, root.model, "snapshot", signer)
@@ -231,9 +257,15 @@ def _verify_top(
         )
     _check_expiry(snap, now)
 
-    targets_data = _fetch_required(fetch, "targets.json", MAX_TARGETS_SIZE)
+    targets_data, raw_ok = _fetch_declared(
+        fetch, "targets", MAX_TARGETS_SIZE, targets_meta, snap.label
+    )
     targets: Envelope[Targets] = load(targets_data, "targets", "targets.json")
-    why = check_meta(targets_data, targets, targets_meta.length, targets_meta.hashes)
+    why = (
+        None
+        if raw_ok
+        else check_meta(targets_data, targets, targets_meta.length, targets_meta.hashes)
+    )
     if why:
         raise SecurityError(f"{targets.label}: {why} in {snap.label}")
     check_threshold(targets, root.model, "targets", signer)
