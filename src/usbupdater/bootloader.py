@@ -18,10 +18,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Optional
 
-from usbupdater import proc
+from usbupdater import log, proc
 from usbupdater.config import ROLLBACK_MODES, BootloaderConfig
 from usbupdater.errors import AdapterError, ConfigError
 from usbupdater.fsutil import atomic_write, makedirs_durable, remove_durable
+
+logger = log.get_logger("bootloader")
 
 BOOT_VARIABLES = (
     "bootcount",
@@ -37,7 +39,6 @@ ARMED_VARIABLES = ("bootcount", "upgrade_available", "rollback")
 BOOT_FIRMWARE_MODES = ("uboot_masked", "fiovb", "fioefi")
 # stderr of a print tool for a variable that simply is not set (fw_printenv: `## Error: "x" not
 # defined`; OP-TEE based tools report the TEE item as not found).
-_UNSET_MARKERS = ("not defined", "not found", "item_not_found", "no such variable")
 
 
 class Bootloader(ABC):
@@ -151,26 +152,38 @@ class ToolBootloader(Bootloader):
 
     def unset(self, name: str) -> None:
         if self.mode in ("uboot_generic", "uboot_masked"):  # `fw_setenv NAME` deletes NAME
-            proc = self._run(self.setenv, [name])
-            if proc.returncode != 0:
-                raise AdapterError(f"{self.setenv} {name} (unset) failed ({proc.returncode})")
+            done = self._run(self.setenv, [name])
+            if done.returncode != 0:
+                raise AdapterError(f"{self.setenv} {name} (unset) failed (exit {done.returncode})")
         else:
             super().unset(name)
 
     def get(self, name: str) -> Optional[str]:
-        proc = self._run(self.printenv, [*self.print_args, name])
-        if proc.returncode != 0:
-            err = " ".join((proc.stderr or proc.stdout).split())
-            if any(m in err.lower() for m in _UNSET_MARKERS):
-                return None
-            raise AdapterError(f"{self.printenv} {name} failed ({proc.returncode}): {err}")
-        return proc.stdout.strip()
+        """The variable's value; one the tool cannot read counts as unset (0), whatever its
+        wording, as aktualizr-lite's BootloaderLite reads them (a fresh or unreadable
+        environment must not stop an update). The tool's own text goes to the debug log only."""
+        done = self._run(self.printenv, [*self.print_args, name])
+        if done.returncode != 0:
+            logger.debug(
+                "boot variable unreadable, counted as unset",
+                tool=self.printenv,
+                variable=name,
+                code=done.returncode,
+                detail=proc.sanitize(done.stderr or done.stdout or "", 200),
+            )
+            return None
+        return done.stdout.strip()
 
     def set(self, name: str, value: str) -> None:
-        proc = self._run(self.setenv, [name, value])
-        if proc.returncode != 0:
-            err = " ".join((proc.stderr or proc.stdout).split()) or "no output"
-            raise AdapterError(f"{self.setenv} {name} {value} failed ({proc.returncode}): {err}")
+        done = self._run(self.setenv, [name, value])
+        if done.returncode != 0:
+            logger.debug(
+                "boot variable write failed",
+                tool=self.setenv,
+                code=done.returncode,
+                detail=proc.sanitize(done.stderr or done.stdout or "", 200),
+            )
+            raise AdapterError(f"{self.setenv} {name} {value} failed (exit {done.returncode})")
 
 
 class FileBootloader(Bootloader):

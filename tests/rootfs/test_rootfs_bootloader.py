@@ -102,15 +102,15 @@ def test_missing_tool_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         make_bootloader("fioefi").boot_fw_update_pending()
 
 
-def test_unreadable_environment_is_an_error(tmp_path: Path) -> None:
+def test_unreadable_environment_reads_as_unset_and_a_write_fails_plainly(tmp_path: Path) -> None:
+    """aktualizr-lite's BootloaderLite: a variable the tool cannot read counts as 0 whatever the
+    tool says; a failed write is an error, but the tool's own words are not the message."""
     bindir, envdir = make_tools(tmp_path, "uboot_masked")
     (envdir / ".broken").write_text("")
     bl = make_bootloader("uboot_masked", tool_dir=bindir)
-    with pytest.raises(
-        AdapterError, match=r"fw_printenv bootupgrade_available failed.*Cannot read"
-    ):
-        bl.boot_fw_update_pending()
-    with pytest.raises(AdapterError, match=r"fw_setenv bootcount 0 failed.*Cannot write"):
+    assert bl.get("bootupgrade_available") is None
+    assert bl.boot_fw_update_pending() is False
+    with pytest.raises(AdapterError, match=r"^fw_setenv bootcount 0 failed \(exit \d+\)$"):
         bl.update_notify()
 
 
