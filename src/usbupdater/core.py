@@ -21,6 +21,7 @@ Its message says what failed and that nothing was installed, or what remains if 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 from collections.abc import Mapping
@@ -39,6 +40,7 @@ from usbupdater.errors import (
     ConfigError,
     ExitCode,
     InstallPendingError,
+    NoSpaceError,
     NothingPendingError,
     UpdaterError,
 )
@@ -259,6 +261,11 @@ def install(
         except OSError as exc:
             # A stick pulled out mid-read fails with EIO; the install cleaned up before the
             # state's commit point, so the device is as it was: say that in one line.
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpaceError(
+                    "not enough space on the device (a write failed: no space left); nothing "
+                    "was installed"
+                ) from exc
             where = f" ({exc.filename})" if exc.filename else ""
             raise AdapterError(
                 f"install stopped by an I/O error: {exc.strerror or exc}{where}; was the stick "

@@ -204,8 +204,8 @@ class TrustSession:
                     return None
                 except safeio.UnsafePathError as exc:
                     raise SecurityError(f"{name}: refused: {exc.reason}") from None
-                except OSError as exc:
-                    raise MetadataMissingError(f"{name}: cannot read: {exc.strerror}") from None
+                # Any other OSError (EIO from a failing or pulled stick) is no statement about
+                # the metadata: it reaches the caller, which reports an I/O error.
 
             result = verify_chain(
                 trusted, fetch, _stored_meta(docs), now, self.device_type, self.device_tags
