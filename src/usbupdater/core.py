@@ -341,9 +341,7 @@ def _install_locked(
         # app store changes back, so the device does not boot a target nobody expects.
         refused = undo.refused("recording the installation", exc)
         with contextlib.suppress(UpdaterError, OSError):  # the state dir may be what failed
-            _history(
-                dev, f"{txn}/undone", "install", target, refused.code, "undone", refused.reason
-            )
+            dev.state.drop_last_history(f"{txn}/install")  # no trace of an undone install
         raise refused from exc
 
 
@@ -434,8 +432,12 @@ def _change_device(dev: Device, ci: CheckIn, bundle: Any, rootfs_changed: bool) 
     try:
         if rootfs_changed and not dev.rootfs.has_commit(t.sha256):
             progress("copying-rootfs", f"copying root filesystem {t.sha256[:12]} from the stick")
+            dirs = dev.rootfs.object_dirs()
             pull = pool.submit(dev.rootfs.pull, bundle.ostree_repo, t.sha256)
-            undo.add("the new commit's objects in the sysroot repo", dev.rootfs.prune)
+            undo.add(
+                "the new commit's objects in the sysroot repo",
+                lambda: dev.rootfs.prune(keep_dirs=dirs),
+            )
         if copying is not None:
             progress("verifying-apps", f"verifying and storing the apps of {t.name}")
             ci = verify_content(ci, copying)

@@ -405,9 +405,28 @@ class OstreeSysroot:
         """Remove one deployment (e.g. a failed one after the bootloader rolled back)."""
         self._ostree("admin", "undeploy", f"--sysroot={self.sysroot}", str(index))
 
-    def prune(self) -> None:
-        """Delete deployments ostree no longer tracks and every object no deployment needs."""
+    def prune(self, *, keep_dirs: Optional[frozenset[str]] = None) -> None:
+        """Delete deployments ostree no longer tracks and every object no deployment needs.
+
+        With `keep_dirs` (what `object_dirs()` said before a pull), the `objects/XX` fan-out
+        directories the pull created and the prune emptied go too: ostree leaves them, and a
+        refused install must not leave a fresh repo 1 MiB fuller than it found it.
+        """
         self._ostree("admin", "cleanup", f"--sysroot={self.sysroot}")
+        if keep_dirs is None:
+            return
+        for name in self.object_dirs() - keep_dirs:
+            try:
+                (self.repo / "objects" / name).rmdir()  # only when empty
+            except OSError:
+                continue
+
+    def object_dirs(self) -> frozenset[str]:
+        """The repo's `objects/XX` fan-out directories that exist now."""
+        try:
+            return frozenset(p.name for p in (self.repo / "objects").iterdir() if p.is_dir())
+        except OSError:
+            return frozenset()
 
 
 def _check_commit(commit: str) -> None:

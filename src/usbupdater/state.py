@@ -263,3 +263,31 @@ class StateStore:
         if created:
             fsutil.fsync_dir(self.dir)
         return True
+
+    def drop_last_history(self, entry_id: str) -> bool:
+        """Take back the newest entry when it is `entry_id` (an install undone before its commit
+        point leaves no trace). The file is cut durably; an emptied file is removed."""
+        try:
+            fd = os.open(self.history_path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            size = os.fstat(fd).st_size
+            tail_start = max(0, size - 65536)
+            tail = os.pread(fd, size - tail_start, tail_start)
+            cut = tail.rstrip(b"\n").rfind(b"\n") + 1  # start of the last line (0: the only one)
+            try:
+                last = json.loads(tail[cut:])
+            except ValueError:
+                return False
+            if not isinstance(last, dict) or last.get("id") != entry_id:
+                return False
+            os.ftruncate(fd, tail_start + cut)
+            os.fsync(fd)
+            emptied = tail_start + cut == 0
+        finally:
+            os.close(fd)
+        if emptied:
+            os.unlink(self.history_path)
+            fsutil.fsync_dir(self.dir)
+        return True

@@ -123,6 +123,7 @@ def test_apps_too_big_for_the_store_60_before_it_fills(
     assert code == 60, rig.describe()
     line = rig.last.stderr.strip().splitlines()[-1]
     assert "storage_watermark = 80%" in line and "bytes short" in line, line
+    assert line.startswith("usbupdater: not enough space"), line
     assert lowest[0] >= reserve - MiB, (lowest[0], reserve)  # never into the reserve
     assert _free(tiny_store) > reserve
     assert rig.snapshot() == before

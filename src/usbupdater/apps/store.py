@@ -253,7 +253,8 @@ class AppStore:
         need = sum(self.cost(n, block) for n in sizes)
         if need > free - reserve:
             raise NoSpaceError(
-                f"app store {self.root}: {what} needs {need} bytes, {free} are free and "
+                f"not enough space in the app store {self.root}: {what} needs {need} bytes, "
+                f"{free} are free and "
                 f"{reserve} of them stay free ([pacman] storage_watermark = "
                 f"{self.storage_watermark}%): {max(0, need - (free - reserve))} bytes short"
             )
