@@ -183,7 +183,12 @@ def with_device_type(cfg: Config) -> Config:
     dt = devicetype.resolve(
         cfg.usbupdater.device_type, cfg.import_.base_path, cfg.import_.tls_clientcert_path
     )
-    get_logger("config").info("device type", device_type=dt.value or "unknown", reason=dt.reason)
+    # Said at info when the certificate decided, as a warning when one is there but unusable;
+    # the configured value and "no certificate" (today's behaviour) only at debug.
+    level = {"certificate": "info", "unreadable": "warning"}.get(dt.source, "debug")
+    getattr(get_logger("config"), level)(
+        "device type", device_type=dt.value or "unknown", reason=dt.reason
+    )
     uu = replace(cfg.usbupdater, device_type=dt.value, device_type_reason=dt.reason)
     return replace(cfg, usbupdater=uu)
 

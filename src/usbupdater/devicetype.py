@@ -26,6 +26,7 @@ from typing import Optional
 PRODUCTION = "production"
 DEFAULT_BASE_PATH = Path("/var/sota/import")  # aktualizr ImportConfig::base_path
 DEFAULT_CLIENT_CERT = Path("/var/sota/client.pem")  # what LmP's sota.toml sets
+NO_FILE = "no such file"
 MAX_CERT_BYTES = 64 * 1024  # a PEM client certificate is about 1 KiB; a chain a few
 
 
@@ -46,22 +47,28 @@ class CertReading:
 class DeviceType:
     value: str  # "ci", "prod" or "" (unknown)
     reason: str  # one line for the log: where the value came from
+    # "config", "certificate", "none" (no certificate) or "unreadable" (one that is not usable)
+    source: str = "none"
 
 
 def decide(configured: str, reading: Optional[CertReading]) -> DeviceType:
     """The device type from the configured value, else from the certificate reading."""
     if configured:
-        return DeviceType(configured, "set by [usbupdater] device_type")
+        return DeviceType(configured, "set by [usbupdater] device_type", "config")
     if reading is None or reading.path is None:
         return DeviceType("", "no device certificate configured ([import] tls_clientcert_path)")
     if reading.categories is None:
-        return DeviceType("", f"device certificate {reading.path} not usable: {reading.error}")
+        why = f"device certificate {reading.path} not usable: {reading.error}"
+        return DeviceType("", why, "none" if reading.error == NO_FILE else "unreadable")
     # aktualizr reads the first businessCategory entry of the subject.
     first = reading.categories[0] if reading.categories else None
     if first == PRODUCTION:
-        return DeviceType("prod", f"device certificate {reading.path}: businessCategory=production")
+        why = f"device certificate {reading.path}: businessCategory=production"
+        return DeviceType("prod", why, "certificate")
     shown = "absent" if first is None else f"{first!r}"
-    return DeviceType("ci", f"device certificate {reading.path}: businessCategory {shown}")
+    return DeviceType(
+        "ci", f"device certificate {reading.path}: businessCategory {shown}", "certificate"
+    )
 
 
 def cert_path(base_path: Path, tls_clientcert_path: Optional[str]) -> Optional[Path]:
@@ -95,7 +102,7 @@ def read_certificate(path: Optional[Path], max_bytes: int = MAX_CERT_BYTES) -> C
                 return CertReading(path, None, "not a regular file")
             data = fh.read(max_bytes + 1)
     except FileNotFoundError:
-        return CertReading(path, None, "no such file")
+        return CertReading(path, None, NO_FILE)
     except OSError as exc:
         return CertReading(path, None, exc.strerror or type(exc).__name__)
     if len(data) > max_bytes:

@@ -36,6 +36,14 @@ def test_decide(configured: str, reading: CertReading, expected: str) -> None:
     assert got.reason
 
 
+def test_sources() -> None:
+    assert decide("ci", None).source == "config"
+    assert decide("", CertReading(CERT, ())).source == "certificate"
+    assert decide("", CertReading(CERT, None, devicetype.NO_FILE)).source == "none"
+    assert decide("", CertReading(CERT, None, "not a PEM X.509 certificate")).source == "unreadable"
+    assert decide("", CertReading(None)).source == "none"
+
+
 def test_reasons_say_why() -> None:
     assert "device_type" in decide("ci", None).reason
     assert "businessCategory=production" in decide("", CertReading(CERT, ("production",))).reason
