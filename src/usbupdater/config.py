@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -81,12 +81,24 @@ class BootloaderConfig:
 
 
 @dataclass(frozen=True)
+class ImportConfig:
+    """aktualizr's `[import]`: where the device's credentials are (read for the device type)."""
+
+    base_path: Path = Path("/var/sota/import")  # aktualizr ImportConfig::base_path
+    # None: the key is absent (LmP's /var/sota/client.pem is assumed); "": no file (PKCS#11).
+    tls_clientcert_path: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class UsbUpdaterConfig:
     """Our own `[usbupdater]` table; every key is documented in the README."""
 
     state_dir: Optional[Path] = None  # default: <storage.path>/usbupdater
     lock_path: Path = Path("/var/lock/aklite.lock")
-    device_type: str = ""  # "ci", "prod", or "" (unknown: ci roots, no bundle type check)
+    # "ci", "prod", or "" (unknown: ci roots, no bundle type check). `load` resolves it from
+    # the device certificate when the key is unset (devicetype.py); the reason says how.
+    device_type: str = ""
+    device_type_reason: str = ""
     docker_host: str = ""  # empty: $DOCKER_HOST, else the engine's default socket
     apps_start_timeout: float = 120.0  # seconds for every service to run (and be healthy)
     status_file: Path = Path("/run/usbupdater/status.json")
@@ -98,6 +110,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     pacman: PacmanConfig = field(default_factory=PacmanConfig)
     bootloader: BootloaderConfig = field(default_factory=BootloaderConfig)
+    import_: ImportConfig = field(default_factory=ImportConfig)
     usbupdater: UsbUpdaterConfig = field(default_factory=UsbUpdaterConfig)
     sources: tuple[Path, ...] = ()  # files read, in order
     # The merged tables as read, so a component can parse keys of its own (see `table`).
@@ -158,7 +171,26 @@ def load(paths: Optional[Iterable[str | os.PathLike[str]]] = None) -> Config:
         files = expand_paths(given)
     else:
         files = expand_paths(DEFAULT_CONFIG_PATHS)
-    return from_tables(read_files(files), tuple(files))
+    return with_device_type(from_tables(read_files(files), tuple(files)))
+
+
+def with_device_type(cfg: Config) -> Config:
+    """`cfg` with `[usbupdater] device_type` resolved (from the device certificate when unset),
+    logged once with its reason."""
+    from usbupdater import devicetype
+    from usbupdater.log import get_logger
+
+    dt = devicetype.resolve(
+        cfg.usbupdater.device_type, cfg.import_.base_path, cfg.import_.tls_clientcert_path
+    )
+    # Said at info when the certificate decided, as a warning when one is there but unusable;
+    # the configured value and "no certificate" (today's behaviour) only at debug.
+    level = {"certificate": "info", "unreadable": "warning"}.get(dt.source, "debug")
+    getattr(get_logger("config"), level)(
+        "device type", device_type=dt.value or "unknown", reason=dt.reason
+    )
+    uu = replace(cfg.usbupdater, device_type=dt.value, device_type_reason=dt.reason)
+    return replace(cfg, usbupdater=uu)
 
 
 # --- coercion ----------------------------------------------------------------------------------
@@ -237,6 +269,7 @@ def from_tables(tables: Mapping[str, Mapping[str, Any]], sources: tuple[Path, ..
     pm = Table("pacman", tables.get("pacman", {}))
     bl = Table("bootloader", tables.get("bootloader", {}))
     uu = Table("usbupdater", tables.get("usbupdater", {}))
+    im = Table("import", tables.get("import", {}))
     storage_path = st.get_path("path", StorageConfig.path)
     return Config(
         provision=ProvisionConfig(
@@ -271,6 +304,14 @@ def from_tables(tables: Mapping[str, Mapping[str, Any]], sources: tuple[Path, ..
             ),
             reboot_sentinel_name=bl.get_str(
                 "reboot_sentinel_name", BootloaderConfig.reboot_sentinel_name
+            ),
+        ),
+        import_=ImportConfig(
+            base_path=im.get_path("base_path", ImportConfig.base_path),
+            tls_clientcert_path=(
+                im.get_str("tls_clientcert_path", "")
+                if "tls_clientcert_path" in im.values
+                else None
             ),
         ),
         usbupdater=UsbUpdaterConfig(

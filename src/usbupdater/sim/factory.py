@@ -44,6 +44,18 @@ class TargetSpec:
     rootfs_bytes: int = 0  # random bytes in the commit (a big rootfs change)
     same_rootfs_as: Optional[str] = None  # reuse that target's commit (an apps-only update)
     custom: Mapping[str, Any] = field(default_factory=dict)  # e.g. {"fetched-apps": {...}}
+    # LmP's lmp-boot-firmware package: `bootfirmware_version=N` in usr/lib/firmware/version.txt
+    # (and usr/lib/ostree-boot/version.txt), meta-lmp recipes-bsp/lmp-boot-firmware.
+    boot_firmware_version: Optional[int] = None
+
+    def files(self) -> dict[str, bytes]:
+        """Every extra file of the commit: `rootfs_files` plus the boot firmware version."""
+        out = dict(self.rootfs_files or {})
+        if self.boot_firmware_version is not None:
+            line = f"bootfirmware_version={self.boot_firmware_version}\n".encode()
+            out.setdefault("usr/lib/firmware/version.txt", line)
+            out.setdefault("usr/lib/ostree-boot/version.txt", line)
+        return out
 
 
 @dataclass(frozen=True)
@@ -96,7 +108,7 @@ class Factory:
                 self.treehub,
                 f"{self.hardware_id}-lmp",
                 str(spec.version),
-                dict(spec.rootfs_files or {}),
+                spec.files(),
                 spec.rootfs_bytes,
             )
         # Writing the apps once tells their URIs; the writer is deterministic, so the store a
