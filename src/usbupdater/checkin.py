@@ -17,7 +17,7 @@ from usbupdater.apps.verify import BlobSource, VerifiedApp, verify_apps
 from usbupdater.bundle import Bundle
 from usbupdater.config import Config
 from usbupdater.errors import ExitCode, UpdaterError
-from usbupdater.hostinfo import machine_arch
+from usbupdater.hostinfo import machine_platform
 from usbupdater.selection import (
     Action,
     CurrentTarget,
@@ -164,7 +164,8 @@ def verify_content(result: CheckIn, blobs: BlobSource) -> CheckIn:
     if sel.error is not None or chosen is None or sel.action is not Action.INSTALL:
         return result
     try:
-        apps = verify_apps(blobs, chosen.apps, machine_arch())
+        arch, variant = machine_platform()  # matched as composectl does (apps.verify)
+        apps = verify_apps(blobs, chosen.apps, arch, variant)
     except UpdaterError as exc:
         return replace(result, content_error=exc)
     return replace(result, apps=apps)

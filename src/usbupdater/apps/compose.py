@@ -2,11 +2,18 @@
 
 Digest-pinned `image:` references cannot resolve on stock dockerd (it registers tags only, and
 writing its `repositories.json` needs an engine restart). The signed `docker-compose.yml` is
-therefore extracted unchanged, and a generated override file beside it,
-`.usbupdater-images.yml`, maps each service to the local tag its verified image was loaded under
-(engine.local_tag). Compose merges `-f docker-compose.yml -f .usbupdater-images.yml`; nothing
-else in the service changes, so the config-hash label and everything the user wrote stay as
-signed. The same arguments work with `docker compose` (v2) and `docker-compose` (v1).
+therefore extracted unchanged, and a generated `docker-compose.override.yml` beside it maps each
+service to the local tag its verified image was loaded under (engine.local_tag). Nothing else in
+the service changes, so the config-hash label and everything the user wrote stay as signed.
+
+The override's name is the one `docker-compose` (v1) and `docker compose` (v2) merge by
+themselves, so `docker compose up -d` typed in `compose_apps_root/<app>` (what composectl runs,
+composeapp pkg/compose/start.go) starts the same containers offline. usbupdater itself still
+names both files with `-f`: what it runs then cannot depend on other files in the directory, and
+it is exactly what compose discovers on its own (verification refuses bundles that bring another
+compose or override file, apps.project). Projects written by earlier usbupdater versions used
+`.usbupdater-images.yml`: it is used while it is the only override, and removed when the new
+override is written.
 
 Extraction reads the tgz from the store through its digest check and writes into a temporary
 directory, swapped in only once the whole archive matched. Members follow the one rule of
@@ -21,24 +28,27 @@ import json
 import os
 import shutil
 import tarfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 
 from usbupdater import proc
-from usbupdater.apps.engine import local_tag
+from usbupdater.apps.engine import image_ids, local_tag
 from usbupdater.apps.health import CONFIG_HASH_LABEL, ServiceExpectation
+from usbupdater.apps.members import COMPOSE_FILE as COMPOSE_FILE
 from usbupdater.apps.members import DEFAULT_LIMITS, Limits, MemberError, scan_bundle, write_member
-from usbupdater.apps.store import AppContent, AppStore
+from usbupdater.apps.project import OVERRIDE_FILE as OVERRIDE_FILE
+from usbupdater.apps.store import AppContent, AppStore, ServiceImage
 from usbupdater.apps.streams import GzipError
 from usbupdater.errors import VerificationError
 from usbupdater.fsutil import fsync_dir
 
-COMPOSE_FILE = "docker-compose.yml"
-OVERRIDE_FILE = ".usbupdater-images.yml"
+# the override's name before docker-compose.override.yml
+LEGACY_OVERRIDE_FILE = ".usbupdater-images.yml"
 COMPOSE_TIMEOUT = 600.0
 
 
@@ -138,8 +148,17 @@ def parse_compose(data: bytes) -> tuple[str, list[ComposeService]]:
     return ("" if version is None else str(version)), out
 
 
-def expectations(app: AppContent, compose: bytes) -> list[ServiceExpectation]:
-    """What each service must run, checking that the compose file and the verified images agree."""
+def expectations(
+    app: AppContent,
+    compose: bytes,
+    ids: Optional[Callable[[ServiceImage], Iterable[str]]] = None,
+) -> list[ServiceExpectation]:
+    """What each service must run, checking that the compose file and the verified images agree.
+
+    `ids` gives the IDs an engine may report for an image (engine.image_ids); by default the
+    config, manifest and index digests.
+    """
+    ids_of = ids if ids is not None else partial(image_ids, None)
     _, services = parse_compose(compose)
     by_ref = {img.ref: img for img in app.images}
     out = []
@@ -149,7 +168,7 @@ def expectations(app: AppContent, compose: bytes) -> list[ServiceExpectation]:
             raise VerificationError(
                 f"app {app.name}: service {s.name} image {s.image!r} was not verified"
             )
-        out.append(ServiceExpectation(s.name, img.image_id, s.config_hash))
+        out.append(ServiceExpectation(s.name, img.image_id, s.config_hash, frozenset(ids_of(img))))
     return out
 
 
@@ -163,6 +182,9 @@ def write_override(app: AppContent, compose: bytes, project_dir: Path) -> Path:
     doc["services"] = {s.name: {"image": local_tag(by_ref[s.image])} for s in services}
     path = project_dir / OVERRIDE_FILE
     path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    legacy = project_dir / LEGACY_OVERRIDE_FILE
+    if legacy.is_file() or legacy.is_symlink():
+        legacy.unlink()  # an older usbupdater's override: the new one replaces it
     return path
 
 
@@ -183,9 +205,12 @@ class Compose:
         self.timeout = timeout
 
     def args(self, *sub: str) -> list[str]:
+        """The command line: global options (valid for v1 and v2) before the subcommand."""
         files = ["-f", str(self.project_dir / COMPOSE_FILE)]
-        if (self.project_dir / OVERRIDE_FILE).exists():
-            files += ["-f", str(self.project_dir / OVERRIDE_FILE)]
+        for name in (OVERRIDE_FILE, LEGACY_OVERRIDE_FILE):
+            if (self.project_dir / name).exists():
+                files += ["-f", str(self.project_dir / name)]
+                break
         return [
             *self.command,
             "--project-name",

@@ -8,21 +8,31 @@ chunks, so memory stays constant whatever the image size, and every blob is dige
 streams (`AppStore.read_verified`): a corrupted blob aborts the upload before its last chunk.
 
 Stock dockerd registers only tags, so each image gets the local tag `local_tag(image)`; the
-compose override (compose.py) points each service at it. An image whose ID (= config digest) is
-already in the engine is not sent again, only re-tagged.
+compose override (compose.py) points each service at it. An image already in the engine is not
+sent again, only re-tagged.
+
+Image IDs depend on the engine's image store (`image_ids`): the classic store names an image by
+its config digest; the containerd image store (Docker 24+ opt-in, default on fresh 29.x) by the
+digest of the manifest or index it was created from. An image pulled by composectl there is
+named by its index (or manifest) digest, both verified; one loaded from a docker-archive, as here,
+by the manifest containerd's importer writes for it, whose digest `import_manifest_digest`
+computes from the verified config and layers. The image is present when the engine knows one of
+these IDs, and only then.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Optional
 
 import docker
 import docker.errors
 
-from usbupdater.apps.store import AppStore, ServiceImage
+from usbupdater.apps.store import AppStore, Blob, ServiceImage
 from usbupdater.errors import AdapterError, VerificationError
 
 LOAD_TIMEOUT = 3600.0  # seconds without a byte from the engine (the SDK's default is 60)
@@ -89,6 +99,87 @@ def archive_chunks(store: AppStore, images: Iterable[ServiceImage]) -> Iterator[
     yield bytes(2 * _BLOCK)
 
 
+# containerd's importer (core/images/archive/importer.go, ImportIndex) turns each docker-archive
+# entry into a Docker schema 2 manifest: config typed as a Docker config, each layer typed by its
+# first bytes (gzip magic: tar.gzip, else tar), marshalled by Go's encoding/json (compact, struct
+# field order); moby's LoadImage (daemon/containerd/image_exporter.go) names the image by it.
+MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+MT_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+MT_DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
+MT_DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+_GZIP_MAGIC = b"\x1f\x8b\x08"
+
+
+def import_manifest_digest(config: Blob, layers: Sequence[tuple[Blob, bool]]) -> str:
+    """The digest of the manifest containerd's importer writes for a docker-archive entry.
+
+    `layers` are (blob, gzip-compressed) in order. The image ID on the containerd store.
+    """
+
+    def desc(mt: str, b: Blob) -> dict[str, object]:
+        return {"mediaType": mt, "digest": b.digest, "size": b.size}
+
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": MT_DOCKER_MANIFEST,
+        "config": desc(MT_DOCKER_CONFIG, config),
+        "layers": [desc(MT_DOCKER_LAYER_GZIP if gz else MT_DOCKER_LAYER, b) for b, gz in layers],
+    }
+    data = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _is_gzip(store: AppStore, blob: Blob) -> Optional[bool]:
+    """Whether a stored layer starts with the gzip magic; None when it cannot be read."""
+    try:
+        fd = os.open(store.blob_path(blob), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, len(_GZIP_MAGIC)) == _GZIP_MAGIC
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def image_ids(store: Optional[AppStore], img: ServiceImage) -> tuple[str, ...]:
+    """Every ID an engine may give this verified image, the classic store's first.
+
+    The config digest, the digests of the verified manifest and index (the image tree minus
+    config and layers), and, when the store can say how its layers are compressed, the digest
+    of the manifest containerd writes when the image is loaded from a docker-archive.
+    """
+    out = [img.config.digest]
+    skip = {img.config.digest, *(b.digest for b in img.layers)}
+    out += [b.digest for b in img.blobs if b.digest not in skip]
+    if store is not None:
+        kinds = [_is_gzip(store, b) for b in img.layers]
+        if all(k is not None for k in kinds):
+            out.append(
+                import_manifest_digest(
+                    img.config, [(b, bool(k)) for b, k in zip(img.layers, kinds)]
+                )
+            )
+    return tuple(dict.fromkeys(out))
+
+
+def find_image(client: docker.DockerClient, ids: Iterable[str]) -> Optional[str]:
+    """The first of `ids` the engine has an image by (its `Id` is that digest), or None."""
+    for image_id in ids:
+        try:
+            info = client.api.inspect_image(image_id)  # type: ignore[no-untyped-call]
+        except docker.errors.ImageNotFound:
+            continue
+        except docker.errors.APIError as exc:
+            raise AdapterError(
+                f"docker: cannot inspect image {image_id}: {exc.explanation}"
+            ) from None
+        if isinstance(info, dict) and info.get("Id") == image_id:
+            return image_id
+    return None
+
+
 def has_image(client: docker.DockerClient, image_id: str) -> bool:
     try:
         client.api.inspect_image(image_id)  # type: ignore[no-untyped-call]
@@ -104,20 +195,21 @@ def load_images(
 ) -> int:
     """Make every image present in the engine under its local tags; return how many were sent.
 
-    Images already present (same ID) are only tagged. The rest go in one streamed archive;
-    afterwards every image must exist with the expected ID, or the load is an error.
+    Images already present (by one of `image_ids`) are only tagged. The rest go in one streamed
+    archive; afterwards every image must exist under one of its IDs, or the load is an error.
     """
     todo: dict[str, ServiceImage] = {}
-    present: list[ServiceImage] = []
+    present: list[tuple[str, ServiceImage]] = []
     for img in images:
         if img.config.digest in todo:
             continue
-        if has_image(client, img.image_id):
-            present.append(img)
+        found = find_image(client, image_ids(store, img))
+        if found is not None:
+            present.append((found, img))
         else:
             todo[img.config.digest] = img
-    for img in present:
-        _tag(client, img)
+    for found, img in present:
+        _tag(client, found, img)
     if todo:
         try:
             stream = client.api.load_image(  # type: ignore[no-untyped-call]
@@ -139,20 +231,24 @@ def load_images(
                 cause = cause.__cause__ or cause.__context__
             raise AdapterError(f"docker load failed: {exc}") from None
         for img in todo.values():
-            if not has_image(client, img.image_id):
-                raise AdapterError(f"docker load did not create image {img.image_id} ({img.ref})")
-            _tag(client, img)
+            found = find_image(client, image_ids(store, img))
+            if found is None:
+                raise AdapterError(
+                    f"docker load did not create image {img.image_id} ({img.ref}) under any of"
+                    " its IDs (config, manifest or index digest)"
+                )
+            _tag(client, found, img)
     return len(todo)
 
 
-def _tag(client: docker.DockerClient, img: ServiceImage) -> None:
+def _tag(client: docker.DockerClient, image_id: str, img: ServiceImage) -> None:
     for tag in (local_tag(img), short_tag(img)):
         repo, _, name = tag.rpartition(":")
         try:
-            client.api.tag(img.image_id, repo, name, force=True)
+            client.api.tag(image_id, repo, name, force=True)
         except docker.errors.APIError as exc:
             raise AdapterError(
-                f"docker: cannot tag {img.image_id} as {tag}: {exc.explanation}"
+                f"docker: cannot tag {image_id} as {tag}: {exc.explanation}"
             ) from None
 
 

@@ -1,7 +1,7 @@
 """Has an app started? A pure decision over `docker inspect` data, as a user would judge it.
 
-A service is started when each of its containers runs the expected image (image ID = config
-digest) with the expected `io.compose-spec.config-hash` label and, when it has a healthcheck,
+A service is started when each of its containers runs the expected image (see `runs_image`)
+with the expected `io.compose-spec.config-hash` label and, when it has a healthcheck,
 reports healthy. An exited/dead container, or one restarting (or restarted `max_restarts` times),
 is a failure at once: waiting longer cannot fix it. Anything else (no container yet, health
 "starting" or "unhealthy", another image) is "waiting", and becomes the failure reason only when
@@ -22,11 +22,39 @@ OK, WAITING, FAILED = "ok", "waiting", "failed"
 
 @dataclass(frozen=True)
 class ServiceExpectation:
-    """What the verified compose file says a service must run."""
+    """What the verified compose file says a service must run.
+
+    An engine names an image differently depending on its image store: the classic store
+    (graphdrivers, Docker <= 28 by default) by its config digest, the containerd image store
+    (Docker 24+ opt-in, default on fresh 29.x) by the digest of the manifest or index the image
+    was created from (moby daemon/containerd/image_inspect.go: `ID: target.Digest`).
+    `other_ids` are those digests of the verified image (engine.image_ids).
+    """
 
     service: str
     image_id: str  # "sha256:<config hex>"
     config_hash: Optional[str]  # the compose label's value; None: not checked
+    other_ids: frozenset[str] = frozenset()  # manifest / index digests naming the same image
+
+    @property
+    def image_ids(self) -> frozenset[str]:
+        return self.other_ids | {self.image_id}
+
+
+def runs_image(exp: ServiceExpectation, c: Mapping[str, Any]) -> bool:
+    """Does a container (`docker inspect` data) run the verified image?
+
+    `Image` is the image ID: the config digest on the classic store (Docker 20.10), the
+    manifest or index digest on the containerd store. There, API 1.48+ (Docker 28+) also reports
+    the platform manifest the container runs, `ImageManifestDescriptor`; when present it decides,
+    since an index names several manifests and only the verified one may run. Each accepted
+    digest covers the config and the layers, so a match means the verified content.
+    """
+    ids = exp.image_ids
+    desc = c.get("ImageManifestDescriptor")
+    if isinstance(desc, Mapping) and desc.get("digest"):
+        return desc.get("digest") in ids
+    return c.get("Image") in ids
 
 
 @dataclass(frozen=True)
@@ -74,7 +102,7 @@ def container_status(
         return ServiceStatus(exp.service, FAILED, f"{status} with code {exit_code}{err}", cid)
     if restarts >= max_restarts:
         return ServiceStatus(exp.service, FAILED, f"restarted {restarts} times", cid)
-    if c.get("Image") != exp.image_id:
+    if not runs_image(exp, c):
         return ServiceStatus(
             exp.service, WAITING, f"runs image {c.get('Image')}, expected {exp.image_id}", cid
         )

@@ -13,6 +13,7 @@ import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
@@ -116,7 +117,7 @@ def run_apps(ctx: AppsContext, apps: Sequence[AppContent]) -> None:
     for app in apps:
         proj = ctx.compose_root / app.name
         compose = extract_bundle(ctx.store, app, proj)
-        expected[app.name] = expectations(app, compose)
+        expected[app.name] = expectations(app, compose, partial(engine.image_ids, ctx.store))
         write_override(app, compose, proj)
     wanted = {a.name for a in apps}
     for name in installed_projects(ctx):

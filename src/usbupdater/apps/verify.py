@@ -32,6 +32,7 @@ from typing import Any, BinaryIO, Optional, Protocol
 import yaml
 
 from usbupdater.apps.members import COMPOSE_FILE, MAX_MEMBERS, MAX_TOTAL, MemberError, scan_bundle
+from usbupdater.apps.project import check_bundle_member, check_project_name
 from usbupdater.apps.streams import CHUNK, Gunzip, GzipError, HashingReader
 from usbupdater.errors import ContentMissingError, VerificationError
 from usbupdater.safeio import UnsafePathError, read_upto
@@ -255,6 +256,7 @@ class _Verifier:
 
     def verify_app(self, name: str, uri: str) -> VerifiedApp:
         self.app = name
+        check_project_name(name)  # the app runs as compose project `name`
         try:
             ref = parse_ref(uri)
         except InvalidTargetError as exc:
@@ -311,6 +313,7 @@ class _Verifier:
             for member, f in scan_bundle(io.BytesIO(data)):
                 if member.name == COMPOSE_FILE and f is not None:
                     compose = f.read()
+                check_bundle_member(self.app, member.name)  # not a second compose file
         except (MemberError, GzipError) as exc:
             raise self.bad(what, str(exc)) from None
         except (tarfile.TarError, EOFError) as exc:
@@ -409,29 +412,82 @@ class _Verifier:
         )
 
     def pick_child(self, what: str, index: Mapping[str, Any]) -> tuple[str, int, str]:
-        """The one child for linux/<arch>[/<variant>]; zero or several is an error."""
+        """The one child for this device's platform (`match_platform`); none or several is an
+        error. Several is refused as composectl refuses it ("the specified image index has more
+        than one manifest", composeapp pkg/compose/image_loader.go): which one dockerd would
+        run is not ours to guess."""
         children = index.get("manifests")
         if not isinstance(children, list):
             raise self.bad(what, "index has no manifests")
-        matches = []
+        found = []
+        offered = []
         for i, child in enumerate(children):
             platform = child.get("platform") if isinstance(child, Mapping) else None
             if not isinstance(platform, Mapping):
-                raise self.bad(what, f"manifests[{i}] has no platform")
-            if self.matches(platform):
-                matches.append(self.descriptor(f"{what} manifests[{i}]", child, MAX_IMAGE_MANIFEST))
-        if len(matches) != 1:
-            want = f"linux/{self.arch}" + (f"/{self.variant}" if self.variant else "")
-            raise self.bad(what, f"{len(matches)} manifests match {want}; exactly one must")
-        return matches[0]
+                continue  # optional in OCI; a child without one is for no platform
+            offered.append(_platform_name(platform))
+            if match_platform(platform, self.arch, self.variant):
+                found.append(self.descriptor(f"{what} manifests[{i}]", child, MAX_IMAGE_MANIFEST))
+        if len(found) != 1:
+            want = _platform_name(
+                {"os": "linux", "architecture": self.arch, "variant": self.variant}
+            )
+            has = ", ".join(sorted(set(offered) - {"unknown/unknown"})) or "none"
+            raise self.bad(
+                what, f"{len(found)} manifests match {want}; exactly one must (index has: {has})"
+            )
+        return found[0]
 
-    def matches(self, platform: Mapping[str, Any]) -> bool:
-        if platform.get("os") != "linux" or platform.get("architecture") != self.arch:
-            return False
-        variant = platform.get("variant") or ""
-        if self.arch == "arm64" and variant == "v8":
-            variant = ""
-        return not self.variant or variant == self.variant
+
+# --- platforms ------------------------------------------------------------------------------------
+#
+# composectl matches index children with containerd's `platforms.OnlyStrict(DefaultSpec())`
+# (composeapp pkg/compose/image.go LoadImageTree; pkg/compose/v1/config.go NewDefaultConfig): both
+# sides are normalised (containerd/platforms database.go normalizeArch) and then compared exactly,
+# with no fallback to older variants. `normalize_platform` is that normalisation for the names an
+# index holds; an attestation manifest (`"platform": {"architecture": "unknown", "os":
+# "unknown"}`, as buildx writes them) never matches, and is not an error.
+
+
+def normalize_platform(arch: str, variant: Optional[str]) -> tuple[str, str]:
+    """(architecture, variant) as containerd normalises them before comparing.
+
+    arm64 "v8"/"8" is the same as no variant; arm with no variant is v7 and "6" is "v6";
+    amd64 "v1" is no variant; aliases (aarch64, x86_64, armhf, armel, i386) are renamed.
+    """
+    a, v = arch.lower(), (variant or "").lower()
+    if a in ("x86_64", "x86-64", "amd64"):
+        return "amd64", "" if v == "v1" else v
+    if a in ("aarch64", "arm64"):
+        return "arm64", "" if v in ("8", "v8") else v
+    if a == "armhf":
+        return "arm", "v7"
+    if a == "armel":
+        return "arm", "v6"
+    if a == "arm":
+        if v in ("", "7"):
+            return "arm", "v7"
+        if v in ("5", "6", "8"):
+            return "arm", "v" + v
+        return "arm", v
+    if a == "i386":
+        return "386", ""
+    return a, v
+
+
+def match_platform(platform: Mapping[str, Any], arch: str, variant: Optional[str]) -> bool:
+    """Does an index child's platform run on a linux device of `arch`/`variant`?"""
+    os_, c_arch, c_variant = (platform.get(k) for k in ("os", "architecture", "variant"))
+    if os_ != "linux" or not isinstance(c_arch, str):
+        return False
+    if c_variant is not None and not isinstance(c_variant, str):
+        return False
+    return normalize_platform(c_arch, c_variant) == normalize_platform(arch, variant)
+
+
+def _platform_name(platform: Mapping[str, Any]) -> str:
+    parts = [platform.get("os"), platform.get("architecture"), platform.get("variant")]
+    return "/".join(str(p) for p in parts if p)
 
 
 def _media_type(obj: Mapping[str, Any]) -> str:

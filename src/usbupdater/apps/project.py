@@ -1,0 +1,69 @@
+"""Compose project names: an app's name is its project's name, so it must be a valid one.
+
+compose-spec (04-version-and-name.md, "name" top-level element): a project name holds only
+lower-case letters, decimal digits, dashes and underscores, and starts with a letter or digit.
+`docker compose` (v2, LmP's default) refuses any other `--project-name`; v1 silently rewrote it.
+
+Not mapped: composectl and aktualizr-lite pass no project name (they run `docker compose up -d
+--remove-orphans` in `compose_apps_root/<app>`, composeapp pkg/compose/start.go), so compose
+derives one from the directory by lower-casing it and dropping other characters. Two apps
+("App", "app") could then share one project, and the project label would no longer name the
+app that usbupdater looks containers up by; a clear refusal is safer than that mapping.
+"""
+
+from __future__ import annotations
+
+import re
+
+from usbupdater.apps.members import COMPOSE_FILE
+from usbupdater.errors import VerificationError
+
+PROJECT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+
+
+class InvalidAppNameError(VerificationError):
+    """A signed app name that cannot be a compose project name.
+
+    80 (not 15): the bundle's metadata verified and is not what is wrong; the signed app cannot
+    be installed as signed, like any other app whose content does not make a runnable project,
+    and it is refused by the same verification `check` and `install` both run, naming the app.
+    """
+
+
+def check_project_name(app: str) -> None:
+    """Raise InvalidAppNameError unless `app` is a valid compose project name."""
+    if not PROJECT_NAME.fullmatch(app):
+        raise InvalidAppNameError(
+            f"app {app!r}: not a valid compose project name (lower-case letters, digits, '-' and"
+            " '_', starting with a letter or digit), so `docker compose` cannot run it"
+        )
+
+
+# The files `docker compose` (v2) reads by itself in a project directory: the first of the
+# compose names there, then the first override name (compose-go cli/options.go,
+# DefaultFileNames / DefaultOverrideFileNames); v1 reads docker-compose.yml (or .yaml) and
+# docker-compose.override.yml. usbupdater runs docker-compose.yml plus the override it writes,
+# `docker-compose.override.yml`; a bundle that brings any other of these names would make a
+# hand-run `docker compose up -d` run something else (or lose its own override), so it is refused.
+
+OVERRIDE_FILE = "docker-compose.override.yml"
+DISCOVERED_NAMES = frozenset(
+    {
+        "compose.yaml",
+        "compose.yml",
+        "docker-compose.yaml",
+        "compose.override.yml",
+        "compose.override.yaml",
+        OVERRIDE_FILE,
+        "docker-compose.override.yaml",
+    }
+)
+
+
+def check_bundle_member(app: str, name: str) -> None:
+    """Raise VerificationError when a bundle's top-level file would change what compose runs."""
+    if name in DISCOVERED_NAMES:
+        raise VerificationError(
+            f"app {app}: bundle has {name}, which compose would read besides {COMPOSE_FILE} and"
+            f" the {OVERRIDE_FILE} usbupdater writes (bundles hold one compose file)"
+        )
