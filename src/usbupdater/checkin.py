@@ -82,6 +82,10 @@ def device_facts(
     )
 
 
+def as_current(t: TargetRecord) -> CurrentTarget:
+    return CurrentTarget(t.name, t.version, t.sha256, dict(t.apps))
+
+
 def initial_target(
     targets: Mapping[str, Mapping[str, Any]],
     device: DeviceFacts,

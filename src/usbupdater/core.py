@@ -282,12 +282,17 @@ def _install_locked(
     now: Optional[datetime],
 ) -> Outcome:
     from usbupdater.bundle import Bundle
-    from usbupdater.checkin import device_facts, failed_targets, select
+    from usbupdater.checkin import as_current, device_facts, failed_targets, select
     from usbupdater.selection import Action
 
     cfg = dev.cfg
     booted = booted_or_none(dev)
     facts = device_facts(cfg, state, failed_targets(dev.state.history()))
+    # An install killed after it changed the device left what the device ran before: a
+    # never-updated device must not infer its "initial" target from the new deployment.
+    killed_midway, ran_before = dev.state.load_inflight()
+    if killed_midway and state.current is None and ran_before is not None:
+        facts = replace(facts, current=as_current(ran_before))
     progress("verifying", f"verifying the bundle in {src}")
     with Bundle.open(src) as bundle:
         ci = select(
@@ -305,7 +310,7 @@ def _install_locked(
         if action is Action.ALREADY_INSTALLED:
             ci.session.commit()  # newer metadata is worth keeping: it raises the rollback floor
             return Outcome(ExitCode.OK, f"{t.name} is already installed", t.name)
-        current = state.current or ci.initial
+        current = state.current or (ran_before if killed_midway else None) or ci.initial
         rootfs_changed = t.sha256 != (booted or (current.sha256 if current else None))
         bl = dev.bootloader
         fw_pending = rootfs_changed and bl.supports_boot_firmware and bl.boot_fw_update_pending()
@@ -318,7 +323,13 @@ def _install_locked(
                 "again",
                 t.name,
             )
-        undo = _change_device(dev, ci, bundle, rootfs_changed)
+        dev.state.save_inflight(current)
+        try:
+            undo = _change_device(dev, ci, bundle, rootfs_changed)
+        except BaseException:
+            with contextlib.suppress(OSError):  # refused: taken back, nothing to remember
+                dev.state.clear_inflight()
+            raise
     target = TargetRecord(t.name, t.version, t.sha256, dict(cand.apps), dict(t.custom))
     txn = transaction_id(target, current, ci.trusted.targets_version)
     pending = PendingInstall(target, current, rootfs_changed, txn, _utcnow())
@@ -335,14 +346,18 @@ def _install_locked(
         # History first (its id makes a re-run after a kill write it once), then the state.
         _history(dev, f"{txn}/install", "install", target, code, "installed", message)
         new_state = replace(state, pending=pending)
-        return _finish(dev, new_state, "install", outcome)  # COMMIT POINT of install
+        done = _finish(dev, new_state, "install", outcome)  # COMMIT POINT of install
     except (UpdaterError, OSError) as exc:
         # Nothing records the installation: take the deployment, boot variables, sentinel and
         # app store changes back, so the device does not boot a target nobody expects.
         refused = undo.refused("recording the installation", exc)
         with contextlib.suppress(UpdaterError, OSError):  # the state dir may be what failed
             dev.state.drop_last_history(f"{txn}/install")  # no trace of an undone install
+            dev.state.clear_inflight()
         raise refused from exc
+    with contextlib.suppress(OSError):  # the pending record now says it all
+        dev.state.clear_inflight()
+    return done
 
 
 class _Undo:

@@ -7,11 +7,13 @@ the new content, never a mix), then fsync the directory so the rename survives p
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Union
 
 PathLike = Union[str, "os.PathLike[str]"]
+_MAX_SCAN = 10_000
 
 
 def fsync_dir(path: PathLike) -> None:
@@ -43,6 +45,7 @@ def atomic_write(path: PathLike, data: bytes, mode: int = 0o644) -> None:
     target = Path(path)
     makedirs_durable(target.parent)
     tmp = target.with_name(f".{target.name}.tmp.{os.getpid()}")
+    _remove_stale_temps(target)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
     try:
         view = memoryview(data)
@@ -57,6 +60,38 @@ def atomic_write(path: PathLike, data: bytes, mode: int = 0o644) -> None:
     os.close(fd)
     os.replace(tmp, target)  # commit point
     fsync_dir(target.parent)
+
+
+def _remove_stale_temps(target: Path) -> None:
+    """Drop `.<name>.tmp.<pid>` files of writers that were killed before their rename (their
+    process is gone), so a kill inside an atomic write leaves nothing behind for long."""
+    prefix = f".{target.name}.tmp."
+    names = []
+    try:
+        with os.scandir(target.parent) as it:
+            for n, entry in enumerate(it):
+                if n >= _MAX_SCAN:  # a directory on a stick may be huge: look no further
+                    break
+                if entry.name.startswith(prefix):
+                    names.append(entry.name)
+    except OSError:
+        return
+    for name in names:
+        suffix = name[len(prefix) :]
+        if not suffix.isdigit() or int(suffix) == os.getpid() or _alive(int(suffix)):
+            continue
+        with contextlib.suppress(OSError):
+            (target.parent / name).unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, not ours to signal
+    return True
 
 
 def atomic_write_text(path: PathLike, text: str, mode: int = 0o644) -> None:

@@ -206,6 +206,39 @@ class StateStore:
         data = json.dumps(state.to_json(), indent=2, sort_keys=True) + "\n"
         fsutil.atomic_write_text(self.state_path, data, mode=0o600)
 
+    # --- installing.json: an install that changed the device before its commit point ---
+
+    @property
+    def inflight_path(self) -> Path:
+        return self.dir / "installing.json"
+
+    def save_inflight(self, previous: Optional[TargetRecord]) -> None:
+        """Remember, before `install` changes the device, what it ran until then.
+
+        A never-updated device knows its target only by inferring it from the booted commit; an
+        install killed after its deploy and then rebooted would infer the NEW target and answer
+        "already installed". While this record exists (removed at the commit point and when an
+        install is refused), the re-run takes the device's previous target from it instead.
+        """
+        doc = {"previous": previous.to_json() if previous else None}
+        fsutil.makedirs_durable(self.dir)
+        fsutil.atomic_write_text(self.inflight_path, json.dumps(doc) + "\n", mode=0o600)
+
+    def load_inflight(self) -> tuple[bool, Optional[TargetRecord]]:
+        """(a killed install left the record, the target the device ran before it)."""
+        try:
+            with open(self.inflight_path, "rb") as fh:
+                doc = json.loads(fh.read(MAX_STATE_BYTES))
+            prev = doc.get("previous") if isinstance(doc, dict) else None
+            return True, TargetRecord.from_json(prev) if isinstance(prev, dict) else None
+        except FileNotFoundError:
+            return False, None
+        except (OSError, ValueError, _FieldError) as exc:
+            raise StateError(f"{self.inflight_path} is unreadable ({exc}); remove it") from exc
+
+    def clear_inflight(self) -> None:
+        fsutil.remove_durable(self.inflight_path)
+
     # --- history.jsonl ---
 
     def history(self) -> list[dict[str, Any]]:

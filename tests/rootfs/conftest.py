@@ -5,29 +5,15 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from ostree_helpers import SourceRepo
 
 from usbupdater.sim.device import SimDevice, make_commit, remove_tree
 
 if shutil.which("ostree") is None:  # pragma: no cover - the CI image has it
     pytest.fail("ostree CLI not installed (make test installs it)", pytrace=False)
-
-
-@dataclass(frozen=True)
-class SourceRepo:
-    path: Path
-    v1: str
-    v2: str
-    v3: str
-    v3_only_object: str  # a content object only v3 has
-
-    def copy(self, dest: Path) -> Path:
-        """A private copy (hard links would share corruption with the session repo)."""
-        subprocess.run(["cp", "-a", str(self.path), str(dest)], check=True)
-        return dest
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
+from ostree_helpers import SourceRepo
 
-from conftest import SourceRepo
 from usbupdater.errors import (
     AdapterError,
     ContentMissingError,

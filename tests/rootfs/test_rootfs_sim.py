@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ostree_helpers import SourceRepo
 
-from conftest import SourceRepo
 from usbupdater.errors import ExitCode, NoSpaceError
 from usbupdater.rootfs import ProcCmdlineBootedCommit, RecordedBootedCommit
 from usbupdater.sim.device import SimBootError, SimDevice, make_commit, remove_tree

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+from ostree_helpers import SourceRepo
 
-from conftest import SourceRepo
 from usbupdater import stick_repo
 from usbupdater.errors import ExitCode, VerificationError
 from usbupdater.sim.device import init_archive_repo
