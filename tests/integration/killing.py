@@ -1,8 +1,11 @@
 """SIGKILL the whole `usbupdater` process group at a chosen point, and prove nothing survived.
 
-The CLI starts in its own session (so its process group is its own and holds every child it
-started: `ostree`, `docker-compose`), and the whole group gets SIGKILL, as systemd's
-`KillMode=control-group` or a power cut does. A point is one of:
+The CLI starts in its own session, so its process group is its own, and the whole group gets
+SIGKILL, as a service manager killing the main process's group does. The tools it starts
+(`ostree`, `docker-compose`) run in sessions of their own with a parent-death signal
+(`usbupdater.proc`), so the group kill reaches them only through that signal: every descendant
+seen while the CLI ran (polled every few ms) must be gone afterwards, as must every process
+whose command line names the device's directory. A point is one of:
 - `phase`: right after the CLI reports that progress phase (JSON lines on its stderr; the kill is
   sent from the thread that reads them, so the CLI has gone on by microseconds, not a step);
 - `child`: while a child of the group whose command line holds that text runs (for example the
@@ -68,64 +71,92 @@ class Killed:
     stderr: list[str] = field(default_factory=list)
 
 
-def _proc_stat(pid: str) -> Optional[tuple[str, int]]:
-    """(state, process group) of a process, or None when it is gone."""
+@dataclass(frozen=True)
+class Proc:
+    pid: int
+    state: str
+    ppid: int
+    pgid: int
+    start: int  # start time in clock ticks since boot: (pid, start) names one process
+
+    def alive(self) -> bool:
+        """Still running (a zombie holds nothing but its pid; a reused pid is another one)."""
+        now = _stat(self.pid)
+        return now is not None and now.start == self.start and now.state != "Z"
+
+
+def _stat(pid: int) -> Optional[Proc]:
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = text[text.rindex(")") + 2 :].split()
-    return fields[0], int(fields[2])
+    f = text[text.rindex(")") + 2 :].split()
+    return Proc(pid, f[0], int(f[1]), int(f[2]), int(f[19]))
 
 
-def _cmdline(pid: str) -> str:
+def _cmdline(pid: int) -> str:
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return ""
-    return raw.replace(b"\0", b" ").decode(errors="replace")
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
 
 
-def live_processes() -> list[str]:
-    """Pids of every process that is not a zombie (a zombie holds nothing but its pid)."""
+def processes() -> list[Proc]:
+    """Every process that is not a zombie."""
     out = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            st = _proc_stat(entry)
-            if st is not None and st[0] != "Z":
-                out.append(entry)
+            p = _stat(int(entry))
+            if p is not None and p.state != "Z":
+                out.append(p)
     return out
 
 
-def group_members(pgid: int) -> list[str]:
-    """Live processes of a process group, each as "pid cmdline"."""
-    found = []
-    for pid in live_processes():
-        st = _proc_stat(pid)
-        if st is not None and st[1] == pgid:
-            found.append(f"{pid} {_cmdline(pid)}")
+def descendants(root: int, procs: Optional[list[Proc]] = None) -> list[Proc]:
+    """Children of `root`, their children, and so on (children in sessions of their own too:
+    the updater starts every tool so, with a parent-death signal)."""
+    procs = processes() if procs is None else procs
+    by_parent: dict[int, list[Proc]] = {}
+    for p in procs:
+        by_parent.setdefault(p.ppid, []).append(p)
+    found, todo = [], [root]
+    while todo:
+        for child in by_parent.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child.pid)
     return found
 
 
-def naming(text: str) -> list[str]:
-    """Live processes (other than this one) whose command line holds `text`."""
-    me = str(os.getpid())
-    return [f"{pid} {c}" for pid in live_processes() if pid != me and text in (c := _cmdline(pid))]
+def _describe(procs: list[Proc]) -> list[str]:
+    return [f"{p.pid} {_cmdline(p.pid)}" for p in procs]
 
 
-def wait_gone(pgid: int, root: Path, timeout: float = 10.0) -> None:
-    """Assert that the killed group is empty and no process names the device's directory."""
-    deadline = time.monotonic() + timeout
+def survivors(pgid: int, seen: dict[tuple[int, int], Proc], root: Path) -> list[str]:
+    """What outlived the kill: members of the killed group, descendants seen while the CLI ran,
+    and any process whose command line names the device's directory."""
+    me = os.getpid()
+    left = [p for p in processes() if p.pgid == pgid and p.pid != me]
+    left += [p for p in seen.values() if p.alive() and p not in left]
+    out = _describe(left)
+    out += [
+        f"{p.pid} {c}"
+        for p in processes()
+        if p.pid != me and p not in left and str(root) in (c := _cmdline(p.pid))
+    ]
+    return out
+
+
+def wait_gone(pgid: int, seen: dict[tuple[int, int], Proc], root: Path) -> None:
+    """Assert that nothing the killed CLI started outlives it (a parent-death signal or the
+    group kill may take a moment to land)."""
+    deadline = time.monotonic() + 10.0
     while True:
-        left = group_members(pgid) + naming(str(root))
+        left = survivors(pgid, seen, root)
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.02)
     assert not left, f"processes survived the kill of group {pgid}: {left}"
-
-
-def _child_running(pgid: int, text: str) -> bool:
-    return any(text in m.split(" ", 1)[1] for m in group_members(pgid) if " " in m)
 
 
 def blob_copying(rig: Rig) -> bool:
@@ -184,22 +215,29 @@ def kill_at(rig: Rig, args: list[str], point: Point) -> Killed:
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
+    seen: dict[tuple[int, int], Proc] = {}  # every descendant met while the CLI ran
     try:
         deadline = time.monotonic() + DEADLINE
+        next_scan = 0.0
         while not fired.is_set() and proc.poll() is None and time.monotonic() < deadline:
-            if (point.child and _child_running(pgid, point.child)) or (
-                point.when is not None and point.when(rig)
-            ):
+            if point.when is not None and point.when(rig):  # cheap: checked first
                 kill()
                 break
-            time.sleep(POLL if not point.phase else 0.05)
+            if point.child or time.monotonic() >= next_scan:
+                kids = descendants(pgid)
+                seen.update(((k.pid, k.start), k) for k in kids)
+                next_scan = time.monotonic() + 0.02
+                if point.child and any(point.child in _cmdline(k.pid) for k in kids):
+                    kill()
+                    break
+            time.sleep(POLL if not point.phase else 0.01)
     finally:
         if not fired.is_set():
             with contextlib.suppress(ProcessLookupError):  # never leave it running
                 os.killpg(pgid, signal.SIGKILL)
         result.returncode = proc.wait(timeout=30)
         reader.join(timeout=30)
-        wait_gone(pgid, rig.root)
+        wait_gone(pgid, seen, rig.root)
     if not (fired.is_set() and result.returncode == -signal.SIGKILL):
         # Not an assertion: a missed point is a broken test, never an "expected failure".
         pytest.fail(
