@@ -147,10 +147,13 @@ def survivors(pgid: int, seen: dict[tuple[int, int], Proc], root: Path) -> list[
     return out
 
 
+GRACE = 1.5  # seconds for SIGKILL and parent-death signals to land; far below any tool's work
+
+
 def wait_gone(pgid: int, seen: dict[tuple[int, int], Proc], root: Path) -> None:
-    """Assert that nothing the killed CLI started outlives it (a parent-death signal or the
-    group kill may take a moment to land)."""
-    deadline = time.monotonic() + 10.0
+    """Assert that nothing the killed CLI started outlives it (the signals take a moment to
+    land; the grace is short so that an orphan cannot pass by finishing its work)."""
+    deadline = time.monotonic() + GRACE
     while True:
         left = survivors(pgid, seen, root)
         if not left or time.monotonic() > deadline:
