@@ -6,7 +6,7 @@ import hashlib
 import json
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,6 +25,7 @@ class Rig:
     device: SimDevice
     config: Path
     dockerd: PrivateDockerd
+    killed: list[int] = field(default_factory=list)  # pids of CLI runs a test killed
 
     @classmethod
     def create(

@@ -4,11 +4,9 @@ through the real `usbupdater` CLI."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -323,92 +321,7 @@ def test_install_pending_30_and_run_nothing_pending_40(
     assert rig.snapshot() == before
 
 
-# --- killed at every step boundary -------------------------------------------------------------
-
-INSTALL_PHASES = [
-    "verifying",
-    "copying-rootfs",
-    "verifying-apps",
-    "copying-apps",
-    "deploying",
-    "done",
-]
-RUN_PHASES = ["starting-apps", "done"]
-BIG = AppSpec(
-    "big",
-    services={"main": ServiceSpec(cmd=("sleep", "3600"), data_layers=(48 << 20,), compose=NONET)},
-    layer_compression="none",
-)
-
-
-def kill_at(rig: Rig, args: list[str], phase: str = "", blob_copy: bool = False) -> None:
-    """Run the CLI and SIGKILL it right after it reports `phase` (or while a blob is being
-    copied into the store, when `blob_copy`)."""
-    cmd = [sys.executable, "-m", "usbupdater", *args, "-c", str(rig.config)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        if blob_copy:
-            blobs = rig.root / "sota" / "reset-apps" / "blobs" / "sha256"
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and proc.poll() is None:
-                tmp = list(blobs.glob(".tmp-*")) if blobs.is_dir() else []
-                if any(p.stat().st_size > (1 << 20) for p in tmp if p.exists()):
-                    break
-                time.sleep(0.005)
-            assert proc.poll() is None, "the install ended before a blob copy could be caught"
-        else:
-            assert proc.stderr is not None
-            for line in proc.stderr:
-                if line.startswith("{") and json.loads(line).get("phase") == phase:
-                    break
-    finally:
-        proc.kill()
-        proc.wait()
-
-
-def assert_updated_once(rig: Rig, target: PublishedTarget) -> None:
-    st = rig.state()
-    assert st.pending is None and st.current is not None and st.current.name == target.name
-    assert rig.deployments().count(target.commit) == 1
-    entries = [h for h in rig.history() if h["target"] == target.name]
-    assert [(h["command"], h["outcome"]) for h in entries] == [
-        ("install", "installed"),
-        ("run", "updated"),
-    ]
-    assert {k.split("/")[0] for k in rig.running()} == set(target.apps)
-    leftovers = list((rig.root / "sota" / "reset-apps").rglob(".tmp-*"))
-    assert leftovers == []
-
-
-@pytest.fixture(scope="module")
-def big_target(factory: Factory) -> PublishedTarget:
-    return factory.publish(TargetSpec(7, apps=[web("7"), BIG], rootfs_files={"usr/share/v": b"7"}))
-
-
-@pytest.mark.parametrize("phase", [*INSTALL_PHASES, "blob-copy"])
-def test_install_killed_then_rerun_converges(
-    rig: Rig, factory: Factory, tmp_path: Path, big_target: PublishedTarget, phase: str
-) -> None:
-    on_v1(rig, factory, tmp_path)
-    b = factory.write_bundle(tmp_path / "b7", [big_target.name])
-    kill_at(rig, ["install", "-s", str(b)], phase, blob_copy=phase == "blob-copy")
-    assert rig.install(b) in (100, 30), rig.describe()  # 30: the kill came after the commit
-    assert rig.reboot() == big_target.commit
-    assert rig.run() == 0, rig.describe()
-    assert_updated_once(rig, big_target)
-
-
-@pytest.mark.parametrize("phase", RUN_PHASES)
-def test_run_killed_then_rerun_converges(
-    rig: Rig, factory: Factory, tmp_path: Path, phase: str
-) -> None:
-    on_v1(rig, factory, tmp_path)
-    v2 = T(factory, 2)
-    assert rig.install(bundle(factory, tmp_path, 2)) == 100
-    rig.reboot()
-    kill_at(rig, ["run"], phase)
-    assert rig.run() in (0, 40), rig.describe()  # 40: the kill came after the commit
-    assert_updated_once(rig, v2)
+# Kill -9 at every step boundary (and in rollbacks, and before a reboot): test_kills.py.
 
 
 def test_apps_shortlisted_by_config(
