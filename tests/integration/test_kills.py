@@ -166,21 +166,11 @@ def leftovers(rig: Rig) -> list[Path]:
     return found
 
 
-ATOMIC_WRITE_BUG = (
-    "BUG: fsutil.atomic_write names its temporary `.<name>.tmp.<pid>`; a kill between its open "
-    "and its rename leaves that file forever (no later write, by another pid, removes it)"
-)
-
-
 def assert_no_leftovers(rig: Rig) -> None:
-    """No temporary file is left. The one known exception is reported as an expected failure
-    naming the files: an atomic write's temporary of a process this test killed."""
+    """No temporary file is left: not of the store's blob copies, not of an atomic write of a
+    process this test killed (the next write of that file removes a dead writer's temp)."""
     found = leftovers(rig)
-    killed = {str(pid) for pid in rig.killed}
-    known = [p for p in found if ".tmp." in p.name and p.name.rsplit(".", 1)[-1] in killed]
-    assert found == known, found
-    if known:
-        pytest.xfail(f"{ATOMIC_WRITE_BUG}: {[str(p.relative_to(rig.root)) for p in known]}")
+    assert found == [], found
 
 
 def assert_settled_on(rig: Rig, target: PublishedTarget) -> None:
@@ -273,7 +263,7 @@ def test_apps_only_install_killed_then_rerun_converges(
     re-run gives 101; after it, 30. "apps-stored" (every app recorded in the store) is only a few
     writes before the commit point, so the kill may land on either side: the code follows the
     state the kill left. Then run 0 (the engine restart 101 asks for changes nothing for this
-    simulated engine). A device that was never updated fails here: see FIRST_UPDATE_BUG."""
+    simulated engine). A never-updated device is covered below."""
     rig = rigs(T(factory, 1).commit)
     on(rig, bundles, factory, 1)
     v8 = T(factory, 8)
@@ -507,19 +497,9 @@ def test_rollback_run_killed_rebooted_then_rerun_converges(
     assert_rolled_back(rig, v2, v3, redeployed=True)
 
 
-# --- known failures: the first update of a never-updated device -----------------------------------
-
-FIRST_UPDATE_BUG = (
-    "BUG: a device with no recorded current target infers its initial target from the booted "
-    "commit and the app store (checkin.initial_target); after a first install killed once the "
-    "store holds the new apps (for a new rootfs: once deployed, then rebooted), it infers the "
-    "new target and the re-run answers 0 'already installed': its apps never start, nothing is "
-    "recorded, and if the kill came after the bootloader was armed, the boot counter later "
-    "falls back to the old deployment"
-)
+# --- the first update of a never-updated device ---------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=FIRST_UPDATE_BUG)
 def test_first_update_killed_after_deploy_then_rebooted(
     rigs: Any, factory: Factory, bundles: Bundles
 ) -> None:
