@@ -150,10 +150,32 @@ def write_script(path: Path, body: str) -> Path:
     return path
 
 
-def agent_settings_toml(root: Path, sticks: Sticks, runtime: Path, extra: str = "") -> str:
-    """The `[usbupdater]` keys a test agent needs: loop devices, private dirs, recording hooks."""
+def stateful_aklite(root: Path) -> Path:
+    """A stand-in for `systemctl is-active/stop/start aktualizr-lite`: records each call in
+    events.log and keeps "running" as a file (`aklite.running`) a test can create to play a boot
+    that started aktualizr-lite."""
+    events = root / "events.log"
+    state = root / "aklite.running"
+    return write_script(
+        root / "aklite.sh",
+        f'echo "aklite-$1" >> {events}\n'
+        'case "$1" in\n'
+        f"  active) test -e {state} ;;\n"
+        f"  stop) rm -f {state} ;;\n"
+        f"  start) touch {state} ;;\n"
+        "  *) exit 2 ;;\n"
+        "esac\n",
+    )
+
+
+def agent_settings_toml(
+    root: Path, sticks: Sticks, runtime: Path, extra: str = "", *, aklite: Optional[Path] = None
+) -> str:
+    """The `[usbupdater]` keys a test agent needs: loop devices, private dirs, recording hooks
+    (`aklite`: a `stateful_aklite` script instead of the one that always says "running")."""
     events = root / "events.log"
     rec = write_script(root / "record.sh", f'echo "$@" >> {events}\n')
+    ak = f"{aklite}" if aklite is not None else f"{rec} aklite"
     return (
         'match_buses = ""\n'
         f'match_properties = "ID_FS_LABEL={sticks.prefix}*"\n'
@@ -163,9 +185,9 @@ def agent_settings_toml(root: Path, sticks: Sticks, runtime: Path, extra: str = 
         f'status_file = "{runtime / "status.json"}"\n'
         f'console = "{root / "console.log"}"\n'
         f'notify_command = "{rec} notify"\n'
-        f'aklite_active_command = "{rec} aklite-active"\n'
-        f'aklite_stop_command = "{rec} aklite-stop"\n'
-        f'aklite_start_command = "{rec} aklite-start"\n'
+        f'aklite_active_command = "{ak}{" " if aklite else "-"}active"\n'
+        f'aklite_stop_command = "{ak}{" " if aklite else "-"}stop"\n'
+        f'aklite_start_command = "{ak}{" " if aklite else "-"}start"\n'
         f'engine_restart_command = "{rec} engine-restart"\n'
         "command_timeout = 20\n" + extra
     )

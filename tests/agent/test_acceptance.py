@@ -17,7 +17,7 @@ import sys
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 
@@ -25,6 +25,7 @@ from tests.agent.conftest import (
     Agent,
     agent_settings_toml,
     recorded,
+    stateful_aklite,
     wait_for,
     write_script,
 )
@@ -67,7 +68,15 @@ def T(factory: Factory, v: int) -> PublishedTarget:
 class Bench:
     """A simulated device, its sticks and the agent service driving the real core."""
 
-    def __init__(self, tmp: Path, rig: Rig, sticks: Sticks, factory: Factory, extra: str) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        rig: Rig,
+        sticks: Sticks,
+        factory: Factory,
+        extra: str,
+        aklite: Optional[Path] = None,
+    ) -> None:
         self.tmp = tmp
         self.rig = rig
         self.sticks = sticks
@@ -80,7 +89,7 @@ class Bench:
             f'reboot_command = "{rec} reboot"\n'
             "[usbupdater]\n"
             f'agent_state_dir = "{tmp / "agent-state"}"\n'
-            + agent_settings_toml(tmp, sticks, runtime, extra)
+            + agent_settings_toml(tmp, sticks, runtime, extra, aklite=aklite)
         )
         self.agent = Agent([rig.config, self.agent_cfg], runtime / "status.json", tmp / "agent.log")
 
@@ -135,9 +144,9 @@ def bench(
 ) -> Iterator[Any]:
     made: list[Bench] = []
 
-    def make(extra: str = "") -> Bench:
+    def make(extra: str = "", aklite: Optional[Path] = None) -> Bench:
         rig = Rig.create(tmp_path / "dev", factory, dockerd, T(factory, 1).commit)
-        b = Bench(tmp_path, rig, sticks, factory, extra)
+        b = Bench(tmp_path, rig, sticks, factory, extra, aklite)
         agents.append(b.agent)
         made.append(b)
         return b
@@ -189,6 +198,43 @@ def test_hotplug_install_100_reboot_run_0(bench: Any) -> None:
     assert final[0]["new_target"] == T(b.factory, 2).name
     assert [s["code"] for s in final[0]["steps"]] == [100, 0]
     assert final[0]["device"]["hardware_id"] == b.factory.hardware_id
+
+
+def test_aktualizr_lite_stays_stopped_across_the_reboot(bench: Any, tmp_path: Path) -> None:
+    """aktualizr-lite runs when the stick arrives; the real core installs a new rootfs (100).
+    Recorded order: stop before install ... reboot ... (the boot started it) stop before `run`
+    ... start after `run`; never a start between install and run."""
+    running = tmp_path / "aklite.running"
+    running.touch()
+    log = tmp_path / "events.log"
+    wrapper = write_script(
+        tmp_path / "updater.sh",
+        f'[ "$1" = current ] || echo "updater $1" >> {log}\n'
+        f'exec {sys.executable} -m usbupdater "$@"\n',
+    )
+    b = bench(f'updater_command = "{wrapper}"\n', aklite=stateful_aklite(tmp_path))
+    b.agent.start()
+    b.agent.wait_status(lambda s: s.get("phase") == "idle", 30, "idle")
+    img = b.image(b.stick(2))
+    b.sticks.attach(img)
+    b.wait_reboot_request()
+    assert not running.exists()
+    assert b.reboot() == T(b.factory, 2).commit
+    running.touch()  # the boot started aktualizr-lite before the service (the worst case)
+    b.agent.start()
+    st = b.wait_done()
+    assert st["result"] == "updated", st
+    assert running.exists()
+    b.agent.stop()
+    order = [e for e in recorded(tmp_path) if not e.startswith(("notify", "aklite-active"))]
+    assert order == [
+        "aklite-stop",
+        "updater install",
+        "reboot",
+        "aklite-stop",
+        "updater run",
+        "aklite-start",
+    ]
 
 
 def test_coldplug_install_101_engine_restart_run_0(bench: Any) -> None:

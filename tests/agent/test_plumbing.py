@@ -7,7 +7,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 
@@ -30,7 +30,16 @@ def fake_bundle(root: Path, version: int = 3) -> Path:
 
 
 class Rig:
-    def __init__(self, root: Path, sticks: Sticks, plan: dict[str, Any], extra: str = "") -> None:
+    def __init__(
+        self,
+        root: Path,
+        sticks: Sticks,
+        plan: dict[str, Any],
+        extra: str = "",
+        *,
+        updater: Path = HERE / "scripted_updater.py",
+        aklite: Optional[Path] = None,
+    ) -> None:
         self.root = root
         self.sticks = sticks
         self.plan = root / "plan.json"
@@ -47,8 +56,8 @@ class Rig:
             "[bootloader]\n"
             f'reboot_command = "{rec} reboot"\n'
             "[usbupdater]\n"
-            f'updater_command = "{sys.executable} {HERE / "scripted_updater.py"} {self.plan}"\n'
-            + agent_settings_toml(root, sticks, self.runtime, extra)
+            f'updater_command = "{sys.executable} {updater} {self.plan}"\n'
+            + agent_settings_toml(root, sticks, self.runtime, extra, aklite=aklite)
         )
         self.agent = Agent(self.cfg, self.runtime / "status.json", root / "agent.log")
 

@@ -117,3 +117,33 @@ def test_udevadm_test_applies_the_rule(loop_ext4: str) -> None:
         if RULE.name in line and ("error" in line.lower() or "invalid" in line.lower())
     ]
     assert not bad, bad
+
+
+def test_ordered_before_aktualizr_lite_without_a_cycle(tmp_path: Path) -> None:
+    """Verified next to an aktualizr-lite unit like LmP's (after the network and the engine,
+    wanted by multi-user): no ordering cycle, and the order is the one the unit promises."""
+    entry = Path(sys.executable).parent / "usbupdater"
+    (tmp_path / "usbupdater.service").write_text(
+        UNIT.read_text().replace("/usr/bin/usbupdater", str(entry))
+    )
+    (tmp_path / "aktualizr-lite.service").write_text(
+        "[Unit]\nDescription=aktualizr-lite stand-in\n"
+        "After=network-online.target docker.service\nWants=network-online.target\n"
+        "ConditionPathExists=|/var/sota/sota.toml\n"
+        "[Service]\nExecStart=/bin/sleep infinity\nRestart=always\n"
+        "[Install]\nWantedBy=multi-user.target\n"
+    )
+    p = subprocess.run(
+        ["systemd-analyze", "verify", "usbupdater.service", "aktualizr-lite.service"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out
+    assert "cycle" not in out.lower(), out
+    assert "usbupdater.service" not in out and "aktualizr-lite.service" not in out, out
+    unit = UNIT.read_text().split("[Service]")[0]
+    assert "Before=aktualizr-lite.service" in unit
+    assert "Type=notify" in UNIT.read_text()

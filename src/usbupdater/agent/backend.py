@@ -24,11 +24,13 @@ from dataclasses import dataclass, field
 from typing import IO, Callable, Optional
 
 from usbupdater import log, proc
+from usbupdater.agent import dialect as dialects
 from usbupdater.agent.settings import AgentSettings
 
 REASON_PREFIXES = ("usbupdater: ", "aklite-offline: ")
 TAIL_LINES = 20
 MAX_LINE = 8192  # a longer stderr line is read in pieces, never held whole
+PROBE_OUTPUT = 16 << 10  # of `--version`/`--help` output read to learn the dialect
 MAX_STDOUT = 1 << 20  # of the core's stdout (`current` prints a few lines); the rest is dropped
 
 
@@ -51,11 +53,18 @@ class Outcome:
     started: float = 0.0
     seconds: float = 0.0
     stdout: str = field(default="", repr=False)
+    dialect: str = dialects.USBUPDATER
+
+    @property
+    def meaning(self) -> dialects.Meaning:
+        return dialects.interpret(self.dialect, self.command, self.code)
 
     def to_json(self) -> dict[str, object]:
         return {
             "command": self.command,
             "code": self.code,
+            "dialect": self.dialect,
+            "meaning": self.meaning.text,
             "reason": self.reason,
             "errors": list(self.errors),
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
@@ -119,6 +128,9 @@ class Updater:
 
     def __init__(self, s: AgentSettings, echo: Optional[IO[str]] = None) -> None:
         self.s = s
+        # `auto` stays unresolved until `resolve_dialect` (the service's start): the binary may
+        # have changed with the OS update that the reboot brought in.
+        self.dialect = s.updater_dialect if s.updater_dialect != dialects.AUTO else ""
         self.echo = echo if echo is not None else sys.stderr
         self._log = log.get_logger("backend")
 
@@ -137,7 +149,13 @@ class Updater:
         try:
             child = proc.spawn(argv, text=True, what=os.path.basename(argv[0]))
         except proc.CommandError as exc:
-            return Outcome(name, None, f"cannot start the updater: {exc.reason}", started=started)
+            return Outcome(
+                name,
+                None,
+                f"cannot start the updater: {exc.reason}",
+                started=started,
+                dialect=self.dialect_now(),
+            )
         limit = timeout if timeout is not None else self.s.updater_timeout
         out = _BoundedReader(child.stdout)
         out.start()
@@ -171,6 +189,7 @@ class Updater:
             started,
             time.monotonic() - t0,
             out.text(),
+            self.dialect_now(),
         )
         self._log.info("updater finished", command=name, code=code, reason=outcome.reason)
         return outcome
@@ -182,17 +201,46 @@ class Updater:
         except (OSError, ValueError):
             pass
 
+    def dialect_now(self) -> str:
+        return self.dialect or self.resolve_dialect()
+
+    def resolve_dialect(self) -> str:
+        """The configured dialect; for `auto`, what the binary's `--version` and usage texts
+        say (dialect.detect), asked once per service start."""
+        if self.dialect:
+            return self.dialect
+        texts = []
+        for args in (["--version"], ["--help"], ["install", "--help"]):
+            argv = [*self.s.updater_command, *args]
+            try:
+                done = proc.run(
+                    argv,
+                    os.path.basename(argv[0]),
+                    self.s.command_timeout,
+                    check=False,
+                    max_output=PROBE_OUTPUT,
+                )
+                texts.append(done.stdout + "\n" + done.stderr)
+            except proc.CommandError as exc:
+                self._log.warning("cannot ask the updater who it is", error=exc.reason)
+                texts.append("")
+        self.dialect, why = dialects.detect(texts[0], texts[1], texts[2])
+        self._log.info("updater dialect", dialect=self.dialect, reason=why)
+        return self.dialect
+
     def current(self) -> Optional[str]:
-        """The target the device runs, from `current` ("Target: NAME"), or None."""
+        """The target the device runs, from `current` ("Target: NAME"), or None. aklite-offline's
+        `current` returns 1 even when it printed the target: the dialect says whether the exit
+        code or only the output counts."""
         outcome = self.call(["current"], timeout=self.s.command_timeout)
-        if outcome.code != 0:
+        if outcome.meaning.action != dialects.READ_OUTPUT:
             return None
         return parse_current(outcome.stdout)
 
 
 def parse_current(text: str) -> Optional[str]:
     m = re.search(r"^\s*Target:\s*(\S+)", text, re.MULTILINE)
-    if not m or m.group(1).lower() in ("none", "none:"):
+    if not m or m.group(1).lower() in ("none", "none:", "unknown"):
         return None
     return m.group(1)
 

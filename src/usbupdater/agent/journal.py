@@ -37,6 +37,9 @@ class JobRecord:
     reboots: int = 0
     attempts: int = 1
     boot_token: str = ""
+    # aktualizr-lite ran when the job began and we stopped it: it is started again when the job
+    # ends (after any reboots), and only then. Saved before the stop, so no crash loses it.
+    aklite_stopped: bool = False
     old_target: Optional[str] = None
     new_target: Optional[str] = None
     outcomes: list[dict[str, Any]] = field(default_factory=list)

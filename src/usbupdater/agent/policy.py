@@ -1,6 +1,8 @@
 """What to do after each exit code: pure decisions, one table per command (spec section 4).
 
-Kept free of I/O so every code is unit-tested; the service only carries the decisions out.
+Kept free of I/O so every code is unit-tested; the service only carries the decisions out. The
+codes are read through the core's dialect (dialect.py: ours or aklite-offline's), so the
+decisions depend only on the normalised action.
 """
 
 from __future__ import annotations
@@ -8,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
+
+from usbupdater.agent import dialect as dialects
 
 # Short meanings for people (status file, report), by exit code.
 MEANINGS: dict[int, str] = {
@@ -50,34 +54,38 @@ class Decision:
     after_reboot: str = "none"
 
 
-def meaning(code: Optional[int]) -> str:
+def meaning(code: Optional[int], dialect: str = dialects.USBUPDATER, command: str = "") -> str:
     if code is None:
         return "the updater did not finish"
+    if command:
+        return dialects.interpret(dialect, command, code).text
     return MEANINGS.get(code, f"exit code {code}")
 
 
-def _failed(code: Optional[int], reason: str) -> Decision:
-    text = meaning(code)
+def _failed(text: str, reason: str) -> Decision:
     return Decision("done", FAILED, f"{text}: {reason}" if reason else text)
 
 
-def after_install(code: Optional[int], reason: str = "") -> Decision:
-    if code == 0:
+def after_install(
+    code: Optional[int], reason: str = "", dialect: str = dialects.USBUPDATER
+) -> Decision:
+    m = dialects.interpret(dialect, "install", code)
+    if m.action == dialects.UP_TO_DATE:
         return Decision("done", UP_TO_DATE, "nothing to do: the device already runs this target")
-    if code == 100:
+    if m.action == dialects.REBOOT_RUN:
         return Decision("reboot", "", "installed; rebooting into the new version", "run")
-    if code == 90:
+    if m.action == dialects.REBOOT_INSTALL:
         return Decision(
             "reboot",
             "",
             "a boot firmware update must be confirmed by a reboot first; installing after it",
             "install",
         )
-    if code == 101:
+    if m.action == dialects.ENGINE_RUN:
         return Decision("engine", "", "apps installed; restarting the Docker engine")
-    if code == 30:  # e.g. an install the service was killed in: `run` says what it needs next
+    if m.action == dialects.RUN:  # e.g. an install the service was killed in
         return Decision("run", "", "an installation is pending; finishing it first")
-    return _failed(code, reason)
+    return _failed(m.text, reason)
 
 
 def after_run(
@@ -85,26 +93,36 @@ def after_run(
     reason: str = "",
     confirm_boot_firmware: bool = True,
     rolling_back: bool = False,
+    dialect: str = dialects.USBUPDATER,
 ) -> Decision:
-    """`rolling_back`: an earlier `run` of this update answered 100 (apps failed, previous
-    version redeployed), so this `run` finishes the rollback, not the update."""
-    if code == 0 and rolling_back:
+    """`rolling_back`: an earlier `run` of this update answered "reboot to roll back" (apps
+    failed, previous version redeployed), so this `run` finishes the rollback, not the update."""
+    m = dialects.interpret(dialect, "run", code)
+    if m.action == dialects.UPDATED and rolling_back:
         return Decision("done", ROLLED_BACK, "the update failed; the previous version runs again")
-    if code == 0:
+    if m.action == dialects.UPDATED:
         return Decision("done", UPDATED, "updated; the apps are running")
-    if code == 90:
+    if m.action == dialects.UPDATED_BOOT_FW:
         if confirm_boot_firmware:
             return Decision(
                 "reboot", UPDATED, "updated; rebooting once more to confirm the boot firmware"
             )
         return Decision("done", UPDATED, "updated; the boot firmware is confirmed at next reboot")
-    if code == 100:
+    if m.action == dialects.REBOOT_ROLLBACK:
         return Decision("reboot", "", "the apps failed; rolling back: rebooting", "run")
-    if code in (99, 110):
-        return Decision("done", ROLLED_BACK, meaning(code) + (f": {reason}" if reason else ""))
-    if code == 40:
+    if m.action == dialects.ROLLED_BACK:
+        return Decision("done", ROLLED_BACK, m.text + (f": {reason}" if reason else ""))
+    if m.action == dialects.NOTHING_PENDING:
         return Decision("done", UP_TO_DATE, "nothing was pending")
-    return _failed(code, reason)
+    return _failed(m.text, reason)
+
+
+def rolls_back(outcome: Mapping[str, Any]) -> bool:
+    """True for a recorded `run` that answered "reboot to complete the rollback"."""
+    if outcome.get("command") != "run":
+        return False
+    d = str(outcome.get("dialect") or dialects.USBUPDATER)
+    return dialects.interpret(d, "run", outcome.get("code")).action == dialects.REBOOT_ROLLBACK
 
 
 # Codes an `install` can only return once the bundle's metadata verified against the device's
@@ -114,12 +132,19 @@ VERIFIED_CODES = frozenset((0, 6, 8, 20, 30, 40, 60, 80, 90, 99, 100, 101, 102, 
 UNVERIFIED_CODES = frozenset((1, 11, 12, 14, 15))
 
 
-def metadata_verified(code: Optional[int]) -> bool:
-    """True when `code` comes after the bundle's metadata verified (spec section 4)."""
-    return code in VERIFIED_CODES
+def metadata_verified(code: Optional[int], dialect: str = dialects.USBUPDATER) -> bool:
+    """True when `code` of `install` comes after the bundle's metadata verified (spec section
+    4); for another core, what its dialect's table says."""
+    if dialect == dialects.USBUPDATER:
+        return code in VERIFIED_CODES
+    return dialects.interpret(dialect, "install", code).verified
 
 
 def report_allowed(outcomes: Sequence[Mapping[str, Any]]) -> bool:
     """A report goes to the stick only when one of the job's `install` calls verified the
     bundle's metadata: a stick that proved nothing learns nothing about the device."""
-    return any(o.get("command") == "install" and metadata_verified(o.get("code")) for o in outcomes)
+    return any(
+        o.get("command") == "install"
+        and metadata_verified(o.get("code"), str(o.get("dialect") or dialects.USBUPDATER))
+        for o in outcomes
+    )

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from usbupdater.agent import dialect as dialects
 from usbupdater.agent.journal import JobRecord
 from usbupdater.agent.policy import meaning
 from usbupdater.agent.settings import AgentSettings
@@ -30,6 +31,30 @@ from usbupdater.textsafe import clean, safe_text
 
 REPORT_VERSION = 1
 MAX_VALUE = 500  # characters of any string value (after escaping)
+
+
+# Actions a report does not list as errors (usbupdater's 0, 90, 100, 101 and their kin).
+NOT_ERRORS = frozenset(
+    (
+        dialects.UP_TO_DATE,
+        dialects.REBOOT_RUN,
+        dialects.REBOOT_INSTALL,
+        dialects.ENGINE_RUN,
+        dialects.UPDATED,
+        dialects.UPDATED_BOOT_FW,
+        dialects.REBOOT_ROLLBACK,
+    )
+)
+
+
+def failed(o: dict[str, Any]) -> bool:
+    """A recorded call the report lists as an error, read in its core's dialect."""
+    d = str(o.get("dialect") or dialects.USBUPDATER)
+    return dialects.interpret(d, str(o.get("command")), o.get("code")).action not in NOT_ERRORS
+
+
+def _meaning(o: dict[str, Any]) -> str:
+    return str(o.get("meaning") or meaning(o.get("code")))
 
 
 def iso(ts: float) -> str:
@@ -41,9 +66,9 @@ def build(
 ) -> dict[str, Any]:
     now = time.time() if now is None else now
     errors = [
-        f"{o['command']} exited {o['code']}: {o.get('reason') or meaning(o['code'])}"
+        f"{o['command']} exited {o['code']}: {o.get('reason') or _meaning(o)}"
         for o in job.outcomes
-        if o.get("code") not in (0, 90, 100, 101)
+        if failed(o)
     ]
     for o in job.outcomes:
         errors += [e for e in o.get("errors", []) if e not in errors]

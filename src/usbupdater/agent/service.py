@@ -108,6 +108,7 @@ class Service:
         self.watcher.start()
         try:
             self.resume()
+            self.updater.dialect_now()  # `auto`: learn it now, from the binary booted
             for ev in self.watcher.coldplug():
                 self.events.put(ev)
             sd_notify("READY=1")
@@ -274,17 +275,15 @@ class Service:
             targets_version=bundle.targets_version,
             boot_token=self.token,
         )
-        if (
-            previous is not None
-            and previous.bundle == bundle.identity
-            and previous.step == "install"
-        ):
-            record.attempts = previous.attempts + 1
-            record.notes = previous.notes
+        if previous is not None:  # a job left in step "install": aktualizr-lite is ours still
+            record.aklite_stopped = previous.aklite_stopped
+            if previous.bundle == bundle.identity and previous.step == "install":
+                record.attempts = previous.attempts + 1
+                record.notes = previous.notes
         return self._install(job, record, bundle)
 
     def _install(self, job: Job, rec: JobRecord, bundle: BundleOnStick) -> bool:
-        aklite = self._stop_aklite()
+        self._stop_aklite(rec, begin=True)
         rec.old_target = self.updater.current()
         self.journal.save(rec)  # step "install": an interrupted install is noticed at start
         self.status.set("installing", "verifying the bundle", target=None, result=None)
@@ -292,8 +291,8 @@ class Service:
         self._record(rec, out)
         if job.gone.is_set():
             rec.notes.append("the stick was removed during the install")
-        decision = policy.after_install(out.code, out.reason)
-        return self._act(rec, decision, job, aklite)
+        decision = policy.after_install(out.code, out.reason, out.dialect)
+        return self._act(rec, decision, job)
 
     def _progress(self, p: Progress) -> None:
         self.status.progress(p.percent, p.message, p.phase)
@@ -304,7 +303,7 @@ class Service:
             "updater result", command=out.command, code=out.code, reason=safe_text(out.reason)
         )
 
-    def _act(self, rec: JobRecord, d: policy.Decision, job: Optional[Job], aklite: bool) -> bool:
+    def _act(self, rec: JobRecord, d: policy.Decision, job: Optional[Job]) -> bool:
         """Carry out decisions until the job is done or a reboot is under way."""
         while True:
             if d.step == "engine":
@@ -321,11 +320,9 @@ class Service:
                 self.status.set("finishing", d.message or "starting the apps")
                 out = self.updater.call(["run"], self._progress)
                 self._record(rec, out)
-                rolling_back = any(
-                    o.get("command") == "run" and o.get("code") == 100 for o in rec.outcomes[:-1]
-                )
+                rolling_back = any(policy.rolls_back(o) for o in rec.outcomes[:-1])
                 d = policy.after_run(
-                    out.code, out.reason, self.s.confirm_boot_firmware, rolling_back
+                    out.code, out.reason, self.s.confirm_boot_firmware, rolling_back, out.dialect
                 )
                 continue
             if d.step == "reboot":
@@ -335,7 +332,7 @@ class Service:
                     )
                     continue
                 return self._reboot(rec, d, job)
-            self._finish(rec, d, job, aklite)
+            self._finish(rec, d, job)
             return False
 
     def _reboot(self, rec: JobRecord, d: policy.Decision, job: Optional[Job]) -> bool:
@@ -359,7 +356,7 @@ class Service:
             self.status.set("rebooting", f"{err}: reboot the device by hand to finish the update")
         return True
 
-    def _finish(self, rec: JobRecord, d: policy.Decision, job: Optional[Job], aklite: bool) -> None:
+    def _finish(self, rec: JobRecord, d: policy.Decision, job: Optional[Job]) -> None:
         rec.new_target = self.updater.current()
         self.journal.mark_handled(rec.bundle, d.result, rec.new_target)
         self.journal.clear()
@@ -373,7 +370,7 @@ class Service:
         self._write_report(rec, d.result, d.message, job)
         if job is not None:
             self._unmount(job)
-        if aklite:
+        if rec.aklite_stopped:  # the job is over: only now may aktualizr-lite run again
             err = self._command(self.s.aklite_start_command, "start aktualizr-lite")
             if err:
                 self._log.warning("aktualizr-lite not restarted", error=err)
@@ -389,6 +386,9 @@ class Service:
             return
         rebooted = rec.boot_token != self.token
         self._log.info("resuming", step=rec.step, after_reboot=rec.after_reboot, rebooted=rebooted)
+        # Before anything else: the boot (or a restart after a failure) may have started
+        # aktualizr-lite, and it must not act on a device half-way through an update.
+        self._stop_aklite(rec, begin=False)
         self.status.reset(device=rec.stick.get("devnode"), stick=rec.stick)
         if rec.step == "install":
             # The service stopped while the updater installed (the updater went with it).
@@ -396,15 +396,14 @@ class Service:
             rec.notes.append(note)
             if self._find_stick(rec.stick.get("fs_uuid", "")) is None:
                 why = f"{note}, and the stick is gone"
-                self._finish(rec, policy.Decision("done", policy.FAILED, why), None, False)
+                self._finish(rec, policy.Decision("done", policy.FAILED, why), None)
             elif rec.attempts >= 2:
                 why = f"{note}, twice: giving up"
-                self._finish(rec, policy.Decision("done", policy.FAILED, why), None, False)
+                self._finish(rec, policy.Decision("done", policy.FAILED, why), None)
             else:
                 self.journal.save(rec)  # the stick, if still there, is installed again
                 self.status.set("idle", f"{note}; trying again if the stick is still there")
             return
-        aklite = self._stop_aklite()
         if rec.step == "reboot" and not rebooted:
             d = policy.Decision(
                 "reboot",
@@ -415,14 +414,21 @@ class Service:
             self.hold = self._reboot(rec, d, None)
             return
         if rec.step == "reboot" and rec.after_reboot == "install":
-            self.journal.clear()  # the stick, if still there, is installed now
+            # The stick, if still there, is installed now (the marker, back in step "install",
+            # keeps what aktualizr-lite needs at the end); without it the job ends here.
+            if self._find_stick(rec.stick.get("fs_uuid", "")) is None:
+                why = "the boot firmware is confirmed; plug the stick in again to install"
+                self._finish(rec, policy.Decision("done", policy.FAILED, why), None)
+            else:
+                rec.step, rec.attempts, rec.boot_token = "install", 0, self.token
+                self.journal.save(rec)
             return
         if rec.step == "reboot" and rec.after_reboot == "none":
             d = policy.Decision("done", policy.UPDATED, "updated")
         else:  # after a reboot that asked for `run`, or a crash during engine/run steps
             d = policy.Decision("run", message="finishing the update after the reboot")
         rec.boot_token = self.token
-        self.hold = self._act(rec, d, None, aklite)
+        self.hold = self._act(rec, d, None)
 
     # --- helpers ---------------------------------------------------------------------------------
 
@@ -464,16 +470,21 @@ class Service:
             self.media.unmount(job.mountpoint)
             job.mountpoint = None
 
-    def _stop_aklite(self) -> bool:
-        """Stop aktualizr-lite if it runs; True when it must be started again at the end."""
+    def _stop_aklite(self, rec: JobRecord, *, begin: bool) -> None:
+        """Stop aktualizr-lite if it runs. When the job `begin`s, the marker first records that
+        it ran (it is started again when the job ends, after any reboot); a stop at resume
+        changes nothing there (the boot started it, or our own restart after a failure)."""
         if not self.s.aklite_active_command:
-            return False
+            return
         if self._command(self.s.aklite_active_command, "check aktualizr-lite", quiet=True):
-            return False
+            return
+        if begin:
+            rec.aklite_stopped = True
+            self.journal.save(rec)
+        self._log.info("stopping aktualizr-lite", job_begins=begin)
         err = self._command(self.s.aklite_stop_command, "stop aktualizr-lite")
         if err:
             self._log.warning("cannot stop aktualizr-lite", error=err)
-        return True
 
     def _command(self, argv: tuple[str, ...], what: str, *, quiet: bool = False) -> str:
         """Run a helper command; an empty string when it worked, else why not."""

@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from usbupdater.agent import dialect as dialects
 from usbupdater.config import Config
 from usbupdater.errors import ConfigError
 
@@ -44,6 +45,8 @@ class AgentSettings:
     """What `usbupdater watch` needs to know; see the README's configuration table."""
 
     updater_command: tuple[str, ...] = (sys.executable, "-m", "usbupdater")
+    # Whose exit codes the core speaks (dialect.py); `auto` is resolved when the service starts.
+    updater_dialect: str = dialects.USBUPDATER
     config_paths: tuple[str, ...] = ()  # the -c paths the agent got: passed to the updater
     # Which block devices count (udev properties).
     match_buses: tuple[str, ...] = ("usb",)
@@ -126,6 +129,9 @@ class AgentSettings:
             raise ConfigError("[usbupdater] settle_time must be >= 0 and max_reboots >= 1")
         return cls(
             updater_command=updater,
+            updater_dialect=t.get_choice(
+                "updater_dialect", dialects.USBUPDATER, dialects.SETTING_VALUES
+            ),
             config_paths=tuple(os.path.abspath(p) for p in config_paths),
             match_buses=lst("match_buses", cls.match_buses),
             match_fs_types=lst("match_fs_types", cls.match_fs_types),
