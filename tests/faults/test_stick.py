@@ -116,16 +116,20 @@ def test_stall_in_a_layer_ends_with_the_kill(rig: Rig, kit: Kit, tmp_path: Path)
         assert core.wait(timeout=10) == -signal.SIGKILL
     after = rig.snapshot()
     store = rig.root / "sota" / "reset-apps" / "blobs" / "sha256"
-    for name in set(after["files"]) - set(before["files"]):
+    inflight = rig.state_dir / "installing.json"  # what a killed install ran before (by design)
+    for name in set(after["files"]) - set(before["files"]) - {str(inflight)}:
         path = Path(name)
         assert path.parent == store, f"a killed install left {name}"
         if not path.name.startswith(".tmp-"):  # a complete blob is content-addressed
             assert hashlib.sha256(path.read_bytes()).hexdigest() == path.name
     for key in ("deployments", "images", "containers"):
         assert after[key] == before[key]
-    kept = {k: v for k, v in after["files"].items() if Path(k).parent != store}
+    kept = {
+        k: v for k, v in after["files"].items() if Path(k).parent != store and k != str(inflight)
+    }
     assert kept == {k: v for k, v in before["files"].items() if Path(k).parent != store}
     converges(rig, kit)
+    assert not inflight.exists(), "the in-flight record outlived the install that converged"
     leftovers = [p.name for p in store.iterdir() if p.name.startswith(".tmp-")]
     assert not leftovers, f"the partial copy of the killed install is still there: {leftovers}"
 
