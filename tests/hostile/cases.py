@@ -840,6 +840,10 @@ def bare_config(c: Corpus, b: Path, p: Path) -> None:
     )
 
 
+def junk_config(c: Corpus, b: Path, p: Path) -> None:
+    p.write_bytes(b"\x00\xff[core\n")
+
+
 OSTREE: list[Case] = [
     # Only the pull verifies objects: `check` finds the commit present and says 16.
     Case(
@@ -883,7 +887,7 @@ OSTREE: list[Case] = [
     Case(
         "ostree-config-junk",
         "ostree",
-        lambda c, b: (b / "ostree_repo" / "config").write_bytes(b"\x00\xff[core\n"),
+        at(path("ostree_repo/config"), junk_config),
         8,
         (80,),
         check=OCHECK,

@@ -74,7 +74,7 @@ def renew_device(corpus: Corpus) -> None:
     corpus.rig.cleanup_engine()
     client = corpus.rig.client()
     for image in client.images.list(all=True):
-        client.images.remove(image.id, force=True)
+        client.images.remove(str(image.id), force=True)
     corpus.rig = device(corpus.rig.root, corpus.factory, corpus.dockerd)
 
 

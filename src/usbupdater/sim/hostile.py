@@ -131,10 +131,11 @@ def tarinfo(
     return ti
 
 
-def tar(members: Iterable[Member], fmt: int = tarfile.GNU_FORMAT) -> bytes:
+def tar(members: Iterable[Member]) -> bytes:
+    """A GNU tar of `members`, assembled by hand (nothing is checked: any member goes)."""
     out = []
     for ti, data in members:
-        out.append(ti.tobuf(fmt) + data + bytes(-len(data) % 512))
+        out.append(ti.tobuf(tarfile.GNU_FORMAT) + data + bytes(-len(data) % 512))
     return b"".join(out) + bytes(1024)
 
 
