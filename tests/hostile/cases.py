@@ -688,7 +688,7 @@ def unsigned_layer(blob: Callable[[bytes], bytes]) -> Make:
 
 
 def bombs() -> list[tuple[bytes, str]]:
-    blob, _ = H.gzip_bomb(1 << 30)
+    blob, _ = H.gzip_bomb(512 << 20)
     return [(blob, H.digest(b"not the diff id"))]
 
 
@@ -748,7 +748,11 @@ APPS: list[Case] = [
         80,
     ),
     Case(
-        "layer-gzip-bomb-1g", "apps", lambda c, b: signed_app(layers=bombs())(c, b), 80, watch=True
+        "layer-gzip-bomb-512m",
+        "apps",
+        lambda c, b: signed_app(layers=bombs())(c, b),
+        80,
+        watch=True,
     ),
     Case(
         "layer-wrong-diff-id",
