@@ -123,22 +123,22 @@ def record(entry: dict[str, Any]) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not RESULTS:
-        return
-    tried = {r["case"] for r in RESULTS}
-    refused = tried - {r["case"] for r in RESULTS if not r["as_expected"]}
-    unchanged = all(r["unchanged"] for r in RESULTS)
-    runs = len(RESULTS)
-    if unchanged:
-        tail = "device unchanged in all"
-    else:
-        tail = "device CHANGED in " + ", ".join(
-            sorted({r["case"] for r in RESULTS if not r["unchanged"]})
+    """One line for the corpus, then one per case that did not end as expected."""
+    hostile = [r for r in RESULTS if r["mode"] != "positive"]
+    positive = [r for r in RESULTS if r["mode"] == "positive"]
+    if hostile:
+        tried = {r["case"] for r in hostile}
+        refused = tried - {r["case"] for r in hostile if not r["as_expected"]}
+        changed = sorted({r["case"] for r in hostile if not r["unchanged"]})
+        tail = "device unchanged in all" if not changed else f"device CHANGED in {len(changed)}"
+        watched = sum(r["mode"] == "watch" for r in hostile)
+        terminalreporter.write_line(
+            f"hostile sticks: {len(tried)} tried, {len(refused)} refused as expected, {tail} "
+            f"(check and install for each, {watched} also through the service)"
         )
-    terminalreporter.write_line(
-        f"hostile sticks: {len(tried)} tried ({runs} runs of check/install/watch), "
-        f"{len(refused)} refused as expected, {tail}"
-    )
-    bad = sorted({f"{r['case']}[{r['mode']}]: {r['problem']}" for r in RESULTS if r["problem"]})
-    for line in bad:
-        terminalreporter.write_line(f"  {line}")
+    for r in positive:
+        verdict = "installed" if r["as_expected"] else f"NOT as expected: {r['problem']}"
+        terminalreporter.write_line(f"hostile sticks: positive control {r['case']}: {verdict}")
+    for r in sorted(hostile, key=lambda r: (r["case"], r["mode"])):
+        if r["problem"]:
+            terminalreporter.write_line(f"  {r['case']}[{r['mode']}]: {r['problem'][:300]}")

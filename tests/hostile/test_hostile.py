@@ -250,7 +250,7 @@ def cli_case(corpus: Corpus, rig: Rig, case: Case, *, positive: bool = False) ->
     record(
         {
             "case": case.name,
-            "mode": "cli",
+            "mode": "positive" if positive else "cli",
             "as_expected": not problems,
             "unchanged": unchanged or positive,
             "problem": "; ".join(problems),
