@@ -103,6 +103,18 @@ def open_file(dirfd: int, relpath: str, max_size: int) -> BinaryIO:
     parent, _, name = relpath.rpartition("/")
     check_component(name, relpath)
     with opened_dir(dirfd, parent) as pfd:
+        # Look before opening: a device node on a `nodev` mount fails to open with EACCES (no
+        # statement about the bundle), and one on another mount must not be opened at all.
+        try:
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        except FileNotFoundError:
+            raise
+        except OSError:
+            st = None  # let the open say what is wrong
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            raise UnsafePathError(relpath, "is a symbolic link")
+        if st is not None and not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+            raise UnsafePathError(relpath, "is not a regular file")
         fd = _open_component(pfd, name, _FILE_FLAGS, relpath)
     try:
         st = os.fstat(fd)

@@ -62,7 +62,9 @@ RESULTS: list[dict[str, Any]] = []
 def device(root: Path, f: Factory, dockerd: PrivateDockerd) -> Rig:
     """A device flashed with v1 that trusts metadata version 50 (kept from a v1-only bundle)."""
     remove_tree(root)
-    rig = Rig.create(root, f, dockerd, f.targets[f"{f.hardware_id}-lmp-1"].commit)
+    # A CI device (as its certificate would say): bundles of another type are refused (15).
+    commit = f.targets[f"{f.hardware_id}-lmp-1"].commit
+    rig = Rig.create(root, f, dockerd, commit, extra='device_type = "ci"\n')
     seed = f.write_bundle(root / "seed", [f"{f.hardware_id}-lmp-1"], metadata_version=50)
     code = rig.install(seed)
     assert code == 0, rig.describe()

@@ -328,6 +328,10 @@ class _Verifier:
             doc = yaml.load(compose, Loader=_YamlLoader)  # noqa: S506 - a safe loader
         except yaml.YAMLError as exc:
             raise self.bad(what, f"is not YAML: {' '.join(str(exc).split())}") from None
+        if expanded_nodes(doc, MAX_COMPOSE_NODES) > MAX_COMPOSE_NODES:
+            # YAML aliases are shared here, but compose expands them (a "billion laughs" file
+            # is 1 KiB on the stick and gigabytes in docker-compose at `run`).
+            raise self.bad(what, f"expands to more than {MAX_COMPOSE_NODES} YAML nodes")
         services = doc.get("services") if isinstance(doc, dict) else None
         if not isinstance(services, dict) or not services:
             raise self.bad(what, "has no services")
@@ -488,6 +492,40 @@ def match_platform(platform: Mapping[str, Any], arch: str, variant: Optional[str
 def _platform_name(platform: Mapping[str, Any]) -> str:
     parts = [platform.get("os"), platform.get("architecture"), platform.get("variant")]
     return "/".join(str(p) for p in parts if p)
+
+
+MAX_COMPOSE_NODES = 100_000  # a real compose file has a few hundred
+
+
+def expanded_nodes(doc: Any, limit: int) -> int:
+    """How many nodes `doc` has once every alias is expanded (counting stops past `limit`).
+
+    Sizes are memoised per shared object, so a structure of exponential expanded size is
+    measured in time linear in its distinct nodes.
+    """
+    sizes: dict[int, int] = {}
+
+    def size(node: Any, depth: int) -> int:
+        if depth > 200:  # deeper than any compose file; also keeps recursion bounded
+            return limit + 1
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        total = 1
+        children: Any = ()
+        if isinstance(node, dict):
+            children = [*node.keys(), *node.values()]
+        elif isinstance(node, list):
+            children = node
+        for child in children:
+            total += size(child, depth + 1)
+            if total > limit:
+                break
+        if isinstance(node, (dict, list)):
+            sizes[key] = total
+        return total
+
+    return size(doc, 0)
 
 
 def _media_type(obj: Mapping[str, Any]) -> str:
