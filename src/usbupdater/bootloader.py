@@ -3,8 +3,9 @@
 The bootloader decides which deployment boots: U-Boot (or OP-TEE's fiovb, or EFI variables via
 fioefi) counts `bootcount` while `upgrade_available=1` and boots the previous deployment past
 `bootlimit`, setting `rollback=1`. The updater only has to arm that (`update_notify`), disarm it
-after a good boot (`set_boot_ok`), and respect a pending boot firmware update
-(`boot_fw_update_pending`). Backends follow `[bootloader] rollback_mode`.
+after a good boot (`set_boot_ok`), respect a pending boot firmware update
+(`boot_fw_update_pending`) and arm one when a new deployment brings new firmware
+(`plan_boot_firmware`). Backends follow `[bootloader] rollback_mode`.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import shutil
 import subprocess
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
-from usbupdater import log, proc
+from usbupdater import log, proc, textsafe
 from usbupdater.config import ROLLBACK_MODES, BootloaderConfig
-from usbupdater.errors import AdapterError, ConfigError
+from usbupdater.errors import AdapterError, ConfigError, UpdaterError
 from usbupdater.fsutil import atomic_write, makedirs_durable, remove_durable
 
 logger = log.get_logger("bootloader")
@@ -278,3 +281,151 @@ class RebootSentinel:
 
     def clear(self) -> None:
         remove_durable(self.path)
+
+
+# --- boot firmware updates ---------------------------------------------------------------------
+#
+# Matched against foundriesio/aktualizr-lite `src/bootloader/bootloaderlite.cc` (`installNotify`,
+# `getVersion`, `extractVersionValue`, `isRollbackProtectionEnabled`) and `src/rootfstreemanager.cc`
+# (`verifyBootloaderUpdate`): after the new rootfs is deployed, its `usr/lib/firmware/version.txt`
+# says which boot firmware it carries (`bootfirmware_version=N`); when that differs from the
+# bootloader's `bootfirmware_version` (or the latter is unreadable) the updater sets
+# `bootupgrade_available=1`. LmP's U-Boot script then installs the firmware on the next boots and,
+# on the reboot after the update was confirmed (`upgrade_available=0`), copies the deployment's
+# version into `bootfirmware_version` and clears `bootupgrade_available` (foundriesio/meta-lmp
+# `meta-lmp-base/recipes-bsp/u-boot/u-boot-ostree-scr-fit/boot-upgrade-regular.cmd.in`,
+# `boot-header.cmd.in` `bootcmd_bootenv`). With `rollback_protection=1` (an OTP-backed variable
+# on closed boards; the same header reads it) an older version is refused before anything boots.
+
+# Where a deployment names its boot firmware (aktualizr-lite BootloaderLite::VersionFile).
+FIRMWARE_VERSION_FILE = "usr/lib/firmware/version.txt"
+FIRMWARE_VERSION_FILE_MAX = 4096  # one `key=value` line in practice
+FIRMWARE_VERSION_MAX = 128  # U-Boot keeps it in 128 bytes (`fiovb read_pvalue ... 128`)
+# Modes whose updater arms boot firmware updates here. aktualizr-lite also does it for fioefi,
+# but there the tools need FIO_OSTREE_TARGET_SYSROOT set to the deployment; not supported yet.
+FIRMWARE_ARM_MODES = ("uboot_masked", "fiovb")
+_VERSION_KEY = "bootfirmware_version"
+
+
+class BootFirmwareRollbackError(UpdaterError):
+    """`rollback_protection=1` and the new deployment's boot firmware is older than the
+    bootloader's, or its version cannot be read (aktualizr-lite: an install failure, exit 1)."""
+
+
+class FirmwareAction(Enum):
+    SKIP = "skip"  # nothing to arm
+    ARM = "arm"  # set bootupgrade_available=1
+    REFUSE = "refuse"  # rollback protection: the install must not go on
+
+
+@dataclass(frozen=True)
+class FirmwareDecision:
+    action: FirmwareAction
+    reason: str
+    sets: Mapping[str, str] = field(default_factory=dict)  # variables to write when armed
+
+    def apply(self, bl: Bootloader) -> None:
+        for name, value in self.sets.items():
+            bl.set(name, value)
+
+
+def _as_version_number(value: Optional[str]) -> Optional[int]:
+    """An unsigned decimal version (aktualizr-lite casts with lexical_cast<uint64_t>)."""
+    if value is None or not value.isascii() or not value.isdigit():
+        return None
+    return int(value)
+
+
+def decide_boot_firmware(
+    mode: str, target: Optional[str], current: Optional[str], rollback_protection: bool
+) -> FirmwareDecision:
+    """What installing a deployment means for the boot firmware (pure; table-tested).
+
+    `target`: the new deployment's version; None when it has no version file (no firmware to
+    update), "" when the file names no usable version. `current`: the bootloader's
+    `bootfirmware_version`, None when unreadable or unset. Versions are compared as text, as
+    aktualizr-lite does (firmware "versions" may be hashes); only rollback protection needs them
+    to be numbers, and then an unreadable or non-numeric current version counts as 0.
+    """
+    if mode not in FIRMWARE_ARM_MODES:
+        return FirmwareDecision(FirmwareAction.SKIP, f"rollback_mode {mode} arms no boot firmware")
+    if target is None:
+        return FirmwareDecision(FirmwareAction.SKIP, "the new deployment has no firmware version")
+    shown_target = textsafe.safe_text(target, FIRMWARE_VERSION_MAX) or "(none)"
+    shown_current = textsafe.safe_text(current, FIRMWARE_VERSION_MAX) if current else "unknown"
+    if rollback_protection:
+        new = _as_version_number(target)
+        if new is None:
+            return FirmwareDecision(
+                FirmwareAction.REFUSE,
+                f"the new boot firmware version {shown_target} is not a number and boot "
+                "firmware rollback protection is on (rollback_protection=1)",
+            )
+        cur = _as_version_number(current) or 0
+        if new < cur:
+            return FirmwareDecision(
+                FirmwareAction.REFUSE,
+                f"boot firmware rollback from version {shown_current} to {shown_target} refused: "
+                "rollback protection is on (rollback_protection=1)",
+            )
+    elif target == "":
+        return FirmwareDecision(
+            FirmwareAction.SKIP, "the new deployment's firmware version file names no version"
+        )
+    if current is not None and target == current:
+        return FirmwareDecision(
+            FirmwareAction.SKIP, f"boot firmware stays at version {shown_current}"
+        )
+    return FirmwareDecision(
+        FirmwareAction.ARM,
+        f"boot firmware will be updated from version {shown_current} to {shown_target}",
+        {"bootupgrade_available": "1"},
+    )
+
+
+def parse_firmware_version(data: Optional[bytes]) -> Optional[str]:
+    """The `bootfirmware_version` value of a version.txt (None: no file; "": no usable value).
+
+    Read line by line as U-Boot's `env import -t ... bootfirmware_version` does (meta-lmp
+    boot-header.cmd.in `bootcmd_bootenv`), so usbupdater compares what the bootloader will store.
+    """
+    if data is None:
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == _VERSION_KEY:
+            value = value.strip()
+            return value if len(value) <= FIRMWARE_VERSION_MAX else ""
+    return ""
+
+
+def plan_boot_firmware(
+    bl: Bootloader, read_version_file: Callable[[], Optional[bytes]]
+) -> FirmwareDecision:
+    """Decide for a new deployment (its version file read by `read_version_file`, None when
+    absent); raises BootFirmwareRollbackError when rollback protection forbids it. Nothing is
+    written: the caller saves the variables in `sets` for its undo, then `apply`s."""
+    if bl.mode not in FIRMWARE_ARM_MODES:
+        return decide_boot_firmware(bl.mode, None, None, False)
+    try:
+        target = parse_firmware_version(read_version_file())
+    except (AdapterError, OSError) as exc:
+        reason = exc.reason if isinstance(exc, AdapterError) else (exc.strerror or str(exc))
+        logger.warning("cannot read the new deployment's firmware version", reason=reason)
+        target = ""
+    current = bl.get(_VERSION_KEY)  # unreadable: None, "unknown" (aktualizr-lite does the same)
+    protection = (bl.get("rollback_protection") or "").strip() == "1"
+    decision = decide_boot_firmware(bl.mode, target, current, protection)
+    logger.info(
+        "boot firmware",
+        action=decision.action.value,
+        reason=decision.reason,
+        rollback_protection=protection,
+    )
+    if decision.action is FirmwareAction.REFUSE:
+        raise BootFirmwareRollbackError(decision.reason)
+    return decision

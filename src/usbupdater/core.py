@@ -32,7 +32,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from usbupdater import decisions, fsutil, log
-from usbupdater.bootloader import Bootloader, RebootSentinel, make_bootloader
+from usbupdater.bootloader import (
+    ARMED_VARIABLES,
+    FIRMWARE_VERSION_FILE,
+    FIRMWARE_VERSION_FILE_MAX,
+    Bootloader,
+    RebootSentinel,
+    make_bootloader,
+    plan_boot_firmware,
+)
 from usbupdater.config import Config
 from usbupdater.decisions import AppsFailurePlan, Situation
 from usbupdater.errors import (
@@ -314,6 +322,8 @@ def _install_locked(
         rootfs_changed = t.sha256 != (booted or (current.sha256 if current else None))
         bl = dev.bootloader
         fw_pending = rootfs_changed and bl.supports_boot_firmware and bl.boot_fw_update_pending()
+        # ... unless a killed run of this install armed it: its deployment boots next, unbooted.
+        fw_pending = fw_pending and dev.rootfs.pending_commit() != t.sha256
         if decisions.boot_firmware_blocks(
             rootfs_changed, bl.supports_boot_firmware, cfg.pacman.ostree_update_block, fw_pending
         ):
@@ -467,6 +477,14 @@ def _change_device(dev: Device, ci: CheckIn, bundle: Any, rootfs_changed: bool) 
             contents = [content_from_verified(v) for v in ci.apps.values()]
             dev.app_store.add_apps(copying, contents, created)
         if rootfs_changed:
+            # Rollback protection refuses before the deploy (which drops the rollback
+            # deployment): aktualizr-lite's verifyBootloaderUpdate reads the repo's commit.
+            plan_boot_firmware(
+                dev.bootloader,
+                lambda: dev.rootfs.read_commit_file(
+                    t.sha256, FIRMWARE_VERSION_FILE, FIRMWARE_VERSION_FILE_MAX
+                ),
+            )
             progress("deploying", f"deploying {t.name}")
             step = "deploying the new root filesystem"
             undo.deployed = True
@@ -474,14 +492,22 @@ def _change_device(dev: Device, ci: CheckIn, bundle: Any, rootfs_changed: bool) 
                 f"deployment {t.sha256[:12]} as the next boot",
                 lambda: _remove_new_deployment(dev, t.sha256),
             )
-            dev.rootfs.deploy(t.sha256)  # a no-op when a killed run already deployed it
+            deployment = dev.rootfs.deploy(t.sha256)  # a no-op when a killed run deployed it
+            step = "arming the boot firmware update"  # from the deployment, as installNotify
+            firmware = plan_boot_firmware(
+                dev.bootloader,
+                lambda: dev.rootfs.read_deployment_file(
+                    deployment, FIRMWARE_VERSION_FILE, FIRMWARE_VERSION_FILE_MAX
+                ),
+            )
             step = "arming the bootloader"
-            saved = dev.bootloader.read_vars()
+            saved = dev.bootloader.read_vars((*ARMED_VARIABLES, *firmware.sets))
             undo.add(
                 f"boot variables changed ({', '.join(saved)})",
                 lambda: dev.bootloader.restore(saved),
             )
             dev.bootloader.update_notify()  # bootcount=0, upgrade_available=1, rollback=0
+            firmware.apply(dev.bootloader)  # bootupgrade_available=1 for new boot firmware
             step = "setting the reboot sentinel"
             if not dev.sentinel.is_set():
                 undo.add(f"the reboot sentinel {dev.sentinel.path}", dev.sentinel.clear)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Protocol
 
-from usbupdater import log, proc, stick_repo
+from usbupdater import log, proc, safeio, stick_repo
 from usbupdater.errors import (
     AdapterError,
     ContentMissingError,
@@ -45,6 +45,8 @@ _STATUS_LINE = re.compile(r"^(?P<mark>[* ]) (?P<os>\S+) (?P<commit>[0-9a-f]{64})
 _LS_LINE = re.compile(
     r"^(?P<type>[-dl])(?P<mode>[0-7]+)\s+\d+\s+\d+\s+(?P<size>\d+)\s+(?P<csum>[0-9a-f]{64})\s"
 )
+# "-00644 0 0     23 /usr/lib/firmware/version.txt" -- `ostree ls -d` (a link ends " -> target").
+_LS_ENTRY = re.compile(r"^(?P<type>[-dl])[0-7]+\s+\d+\s+\d+\s+(?P<size>\d+)\s(?P<path>/\S*)")
 _DEPLOY_DIR = re.compile(r"^(?P<commit>[0-9a-f]{64})\.(?P<serial>\d+)$")
 
 # Estimate overheads: a file object in a bare repo costs its data rounded to the block size plus
@@ -231,6 +233,78 @@ class OstreeSysroot:
             return None
         booted = self.booted_commit()
         return None if deps[0].commit == booted else deps[0].commit
+
+    def deployment_dir(self, deployment: Deployment) -> Path:
+        deploy = self.sysroot / "ostree" / "deploy" / deployment.osname / "deploy"
+        return deploy / deployment.dirname
+
+    def read_deployment_file(
+        self, deployment: Deployment, relpath: str, max_size: int
+    ) -> Optional[bytes]:
+        """A small file of a deployment's tree (e.g. its boot firmware version), None when it is
+        absent. No symbolic link is followed on the way (one could point out of the deployment,
+        at the booted one or anywhere on the device); a link, a non-regular file or one larger
+        than `max_size` is an AdapterError."""
+        where = f"deployment {deployment.dirname[:12]}"
+        try:
+            root = safeio.open_root(self.deployment_dir(deployment))
+        except FileNotFoundError:
+            raise AdapterError(f"{where} is not in the sysroot") from None
+        except safeio.UnsafePathError as exc:
+            raise AdapterError(f"{where}: {exc.reason}") from None
+        try:
+            return safeio.read_file(root, relpath, max_size)
+        except FileNotFoundError:
+            return None
+        except safeio.UnsafePathError as exc:
+            raise AdapterError(f"{relpath} in {where}: {exc.reason}") from None
+        finally:
+            os.close(root)
+
+    def read_commit_file(self, commit: str, relpath: str, max_size: int) -> Optional[bytes]:
+        """A small regular file of a commit in the sysroot repo, before it is deployed (as
+        aktualizr-lite's BootloaderLite::getTargetVersion reads `version.txt` from the repo);
+        None when absent. Every component is listed first (`ostree ls -d`, one call): a symbolic
+        link on the way, a non-regular file or one over `max_size` is an AdapterError."""
+        _check_commit(commit)
+        parts = safeio.split_relpath(relpath)
+        prefixes = ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
+        where = f"{relpath} in commit {commit[:12]}"
+        listed = run_ostree(
+            ["ls", f"--repo={self.repo}", "-d", commit, *prefixes],
+            ostree_bin=self.ostree_bin,
+            check=False,
+            timeout=60.0,
+        )
+        entries = [m for m in map(_LS_ENTRY.match, listed.stdout.splitlines()) if m]
+        for i, prefix in enumerate(prefixes):
+            if i >= len(entries):  # ostree stops at the first path it cannot find
+                if i == 0 or listed.returncode == 0:
+                    raise AdapterError(proc.failed_reason("ostree ls", listed.returncode))
+                return None
+            m = entries[i]
+            last = i == len(prefixes) - 1
+            if m["path"] != prefix:
+                raise AdapterError(f"{where}: unexpected listing from ostree ls")
+            if m["type"] == "l":
+                raise AdapterError(f"{where}: {prefix} is a symbolic link")
+            if m["type"] != ("-" if last else "d"):
+                what = "a regular file" if last else "a directory"
+                raise AdapterError(f"{where}: {prefix} is not {what}")
+            if last and int(m["size"]) > max_size:
+                raise AdapterError(
+                    f"{where}: is {m['size']} bytes, more than the {max_size} allowed"
+                )
+        done = run_ostree(
+            ["cat", f"--repo={self.repo}", commit, prefixes[-1]],
+            ostree_bin=self.ostree_bin,
+            timeout=60.0,
+            max_stdout=max_size,
+            stop_on_overflow=True,
+        )
+        if done.stdout_truncated:
+            raise AdapterError(f"{where}: more than the {max_size} bytes allowed")
+        return done.stdout.encode("utf-8", "surrogateescape")
 
     def kernel_args(self, deployment: Deployment) -> list[str]:
         """Kernel arguments of a deployment's boot entry (the `options` line)."""

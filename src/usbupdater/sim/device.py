@@ -7,7 +7,15 @@ Nothing boots here, so `reboot()` plays the bootloader's part, following LmP's U
   previous deployment) and, unless `rollback` is already 1, sets `rollback=1` and
   `upgrade_available=0` (LmP's `bootcmd_set_rollback`); `bootcount` stays past the limit;
 - `rollback=1` keeps booting the previous deployment until an update resets it;
-- a commit declared unbootable fails every try (the next try follows).
+- a commit declared unbootable fails every try (the next try follows);
+- boot firmware (modes uboot_masked and fiovb), as meta-lmp's `boot-header.cmd.in` and
+  `boot-upgrade-regular.cmd.in` (`u-boot-ostree-scr-fit`) do: an unset `bootfirmware_version` is
+  read from the default deployment's `usr/lib/firmware/version.txt` (`bootcmd_bootenv`); while
+  `upgrade_available=1` and `bootupgrade_available=1` the new firmware boots from the secondary
+  path (nothing to record here); once the update is confirmed (`upgrade_available=0`) the next
+  boot with `bootupgrade_available=1` copies the deployment's version into
+  `bootfirmware_version`, clears `bootupgrade_available` and resets (the confirming reboot);
+  a rollback past `bootlimit` clears `bootupgrade_available` (`rollback_setup`).
 The booted deployment is recorded in a JSON file that `RecordedBootedCommit` reads, and the
 simulated `/run` (where the reboot sentinel lives) is wiped, as a real reboot wipes its tmpfs.
 """
@@ -23,10 +31,18 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from usbupdater.bootloader import FileBootloader, RebootSentinel
+from usbupdater.bootloader import (
+    FIRMWARE_ARM_MODES,
+    FIRMWARE_VERSION_FILE,
+    FIRMWARE_VERSION_FILE_MAX,
+    FileBootloader,
+    RebootSentinel,
+    parse_firmware_version,
+)
 from usbupdater.config import BootloaderConfig
 from usbupdater.fsutil import atomic_write
 from usbupdater.rootfs import (
+    Deployment,
     OstreeSysroot,
     RecordedBootedCommit,
     boot_entry_options,
@@ -229,15 +245,27 @@ class SimDevice:
         bad = self.unbootable()
         bootlimit = env.get_int("bootlimit", 3)
         tries: list[str] = []
-        for _ in range(bootlimit + 3):
+        applied: Optional[str] = None  # the firmware version a confirming reboot applied
+        firmware = env.mode in FIRMWARE_ARM_MODES
+        for _ in range(bootlimit + 4):
+            if firmware and env.get("bootfirmware_version") is None:
+                self._import_firmware_version(deployments[0])  # first boot after flashing
             if env.get_int("upgrade_available") == 1:
                 env.set("bootcount", str(env.get_int("bootcount") + 1))
             past_limit = bootlimit > 0 and env.get_int("bootcount") > bootlimit
             alt = past_limit and env.get_int("upgrade_available") == 1
+            confirmed = env.get_int("upgrade_available") == 0
+            if firmware and confirmed and env.get_int("bootupgrade_available") == 1:
+                self._import_firmware_version(deployments[0])  # the confirming reboot
+                env.set("bootupgrade_available", "0")
+                applied = env.get("bootfirmware_version")
+                continue  # `reset`: the script runs again
             if alt or env.get_int("rollback") == 1:
                 if env.get_int("rollback") != 1:  # altbootcmd: bootcmd_set_rollback
                     env.set("rollback", "1")
                     env.set("upgrade_available", "0")
+                    if firmware:  # boot-upgrade-regular.cmd.in rollback_setup
+                        env.set("bootupgrade_available", "0")
                 chosen = deployments[1] if len(deployments) > 1 else deployments[0]
             else:
                 chosen = deployments[0]
@@ -253,10 +281,27 @@ class SimDevice:
             "deployment": chosen.dirname,
             "index": chosen.index,
             "tries": tries,
+            "boot_firmware_applied": applied,
             "cmdline": cmdline,
         }
         atomic_write(self.record_file, json.dumps(record, indent=1).encode())
         return record
+
+    def firmware_version(self, deployment: Deployment) -> Optional[str]:
+        """`bootfirmware_version` in a deployment's version.txt, as U-Boot imports it."""
+        data = self.rootfs().read_deployment_file(
+            deployment, FIRMWARE_VERSION_FILE, FIRMWARE_VERSION_FILE_MAX
+        )
+        value = parse_firmware_version(data)
+        return value or None
+
+    def _import_firmware_version(self, deployment: Deployment) -> None:
+        """meta-lmp `bootcmd_bootenv`: unset the variable, import it from version.txt."""
+        value = self.firmware_version(deployment)
+        if value is None:
+            self.bootloader.unset("bootfirmware_version")
+        else:
+            self.bootloader.set("bootfirmware_version", value)
 
     def destroy(self) -> None:
         remove_tree(self.root)
