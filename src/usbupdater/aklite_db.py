@@ -659,6 +659,24 @@ def _store_metadata(conn: sqlite3.Connection, meta: TufUpdate) -> tuple[tuple[in
     return tuple(stored_roots), True
 
 
+def _already_recorded(conn: sqlite3.Connection, serial: str, target: AkTarget, mode: Mode) -> bool:
+    """The rows already say what `mode` would make them say (a re-run after a kill).
+
+    saveInstalledVersion appends a row whenever the last row is another target, so writing a
+    rollback (failed, then target) twice would append rows again; this keeps re-runs no-ops.
+    """
+
+    def same(row: Optional[InstalledVersion]) -> bool:
+        return row is not None and row.name == target.name and row.sha256 == target.sha256
+
+    pending = _load_flagged(conn, serial, "is_pending")
+    if mode is Mode.PENDING:
+        return same(pending)
+    if mode in (Mode.CURRENT, Mode.ROLLBACK):
+        return pending is None and same(_load_flagged(conn, serial, "is_current"))
+    return False  # FAILED updates the target's own last row: idempotent as it is
+
+
 def _apply(
     conn: sqlite3.Connection,
     target: AkTarget,
@@ -668,10 +686,13 @@ def _apply(
     correlation_id: str,
 ) -> tuple[tuple[int, ...], bool]:
     serial = _primary_serial(conn)
-    if failed is not None:
-        _save_installed_version(conn, serial, failed, "none", correlation_id)
-    kind = "current" if mode is Mode.ROLLBACK else _KIND[mode]
-    _save_installed_version(conn, serial, target, kind, correlation_id)
+    if _already_recorded(conn, serial, target, mode):
+        log.info("aktualizr-lite's database already records %s as %s", target.name, mode.value)
+    else:
+        if failed is not None:
+            _save_installed_version(conn, serial, failed, "none", correlation_id)
+        kind = "current" if mode is Mode.ROLLBACK else _KIND[mode]
+        _save_installed_version(conn, serial, target, kind, correlation_id)
     if metadata is None:
         return (), False
     return _store_metadata(conn, metadata)

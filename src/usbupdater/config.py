@@ -44,6 +44,8 @@ class ProvisionConfig:
 class StorageConfig:
     path: Path = Path("/var/sota")
     uptane_metadata_path: Path = Path("/usr/lib/sota/tuf")
+    # aktualizr-lite's database; a relative `sqldb_path` is under `path` (libaktualizr's rule)
+    sqldb_path: Path = Path("/var/sota/sql.db")
 
 
 @dataclass(frozen=True)
@@ -281,6 +283,7 @@ def from_tables(tables: Mapping[str, Mapping[str, Any]], sources: tuple[Path, ..
             uptane_metadata_path=st.get_path(
                 "uptane_metadata_path", StorageConfig.uptane_metadata_path
             ),
+            sqldb_path=storage_path / st.get_path("sqldb_path", Path("sql.db")),
         ),
         pacman=PacmanConfig(
             type=pm.get_choice("type", PacmanConfig.type, PACMAN_TYPES),

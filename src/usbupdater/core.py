@@ -367,7 +367,17 @@ def _install_locked(
         raise refused from exc
     with contextlib.suppress(OSError):  # the pending record now says it all
         dev.state.clear_inflight()
+    _tell_aklite(dev, target, "pending")  # after the commit point: see aklite_record
     return done
+
+
+def _tell_aklite(
+    dev: Device, target: TargetRecord, mode: str, failed: Optional[TargetRecord] = None
+) -> None:
+    """Record an outcome in aktualizr-lite's database (ordering: `usbupdater.aklite_record`)."""
+    from usbupdater.aklite_record import Mode, record
+
+    record(dev.cfg, target, Mode(mode), failed)
 
 
 class _Undo:
@@ -607,19 +617,24 @@ def _start_target(
     outcome = Outcome(code, message, t.name)
     outcome_name = "rolled-back" if p.rollback_of else "updated"
     _history(dev, f"{p.txn}/run", "run", t, code, outcome_name, message)
+    _tell_aklite(dev, t, "current")  # before the commit point: a re-run records it again
     _end(dev, state, outcome, current=t)  # COMMIT POINT of run: the target is current
-    _after_success_cleanup(dev, t)
+    _after_success_cleanup(dev, t, p.previous)
     return outcome
 
 
-def _after_success_cleanup(dev: Device, target: TargetRecord) -> None:
-    """Prune what no target needs any more; failures here never undo the update."""
+def _after_success_cleanup(
+    dev: Device, target: TargetRecord, previous: Optional[TargetRecord]
+) -> None:
+    """Prune what usbupdater added and no target needs any more: the current target's and the
+    rollback target's apps and `[pacman] reset_apps` stay. Failures never undo the update."""
     from usbupdater.trust import advance_time_floor, store_dir
 
     try:
         advance_time_floor(store_dir(dev.cfg), datetime.now(timezone.utc))
         if dev.cfg.pacman.apps_enabled:
-            dev.app_store.prune(sorted(target.apps.items()))
+            keep = {*target.apps.items(), *(previous.apps.items() if previous else ())}
+            dev.app_store.prune(sorted(keep), dev.cfg.pacman.reset_apps or ())
     except (UpdaterError, OSError) as exc:
         logger.warning("clean-up after the update failed", reason=str(exc))
 
@@ -660,6 +675,9 @@ def _after_boot_rollback(
     }[code]
     current = prev if prev is not None and booted == prev.sha256 else state.current
     _failed(dev, p, code, message)
+    if not p.rollback_of:  # a failed rollback target was recorded failing already
+        back = prev is not None and current is prev
+        _tell_aklite(dev, *((prev, "rollback", p.target) if back else (p.target, "failed")))
     outcome = Outcome(code, message, p.target.name)
     return _end(dev, state, outcome, current=current)
 
@@ -682,6 +700,7 @@ def _after_apps_failure(
     why = f"apps of {p.target.name} failed: {exc.reason}"
     _failed(dev, p, ExitCode.NEEDS_REBOOT, why)
     if plan is AppsFailurePlan.NO_TARGET:
+        _tell_aklite(dev, p.target, "failed")
         outcome = Outcome(
             ExitCode.NO_ROLLBACK_TARGET, f"{why}; no rollback target is known", p.target.name
         )
@@ -694,6 +713,7 @@ def _after_apps_failure(
         dev.sentinel.set()
         txn = f"{p.txn}-rollback"  # stable: a re-run after a kill is the same rollback
         rollback = PendingInstall(prev, None, True, txn, _utcnow(), rollback_of=p.target.name)
+        _tell_aklite(dev, prev, "pending", p.target)
         outcome = Outcome(
             ExitCode.NEEDS_REBOOT,
             f"{why}; rolling back to {prev.name}: reboot, then call `usbupdater run` again",
@@ -704,6 +724,7 @@ def _after_apps_failure(
     try:
         _start_apps(dev, prev.apps)
     except UpdaterError as exc2:
+        _tell_aklite(dev, p.target, "failed")
         outcome = Outcome(
             ExitCode.NO_ROLLBACK_TARGET,
             f"{why}; restoring {prev.name} failed too: {exc2.reason}",
@@ -712,5 +733,6 @@ def _after_apps_failure(
         return _end(dev, state, outcome)
     dev.bootloader.set_boot_ok()
     write_current_target(dev.cfg.current_target_file, prev)
+    _tell_aklite(dev, prev, "rollback", p.target)
     outcome = Outcome(ExitCode.ROLLED_BACK, f"{why}; rolled back to {prev.name}", p.target.name)
     return _end(dev, state, outcome, current=prev)

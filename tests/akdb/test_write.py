@@ -115,6 +115,27 @@ def test_failed_without_rollback_target(db: Path) -> None:
     assert known_but_not_installed(db) == [NEW.name]
 
 
+@pytest.mark.parametrize(
+    ("mode", "target", "failed"),
+    [
+        (Mode.PENDING, NEW, None),
+        (Mode.CURRENT, NEW, None),
+        (Mode.ROLLBACK, OLD, NEW),
+        (Mode.PENDING, OLD, NEW),
+        (Mode.FAILED, NEW, None),
+    ],
+)
+def test_a_repeated_record_is_a_no_op(
+    db: Path, mode: Mode, target: AkTarget, failed: AkTarget | None
+) -> None:
+    """A `run` killed after its database write and re-run records the same outcome again."""
+    aklite_db.record_installed(db, NEW, Mode.PENDING)
+    aklite_db.record_installed(db, target, mode, failed=failed)
+    once = _dump(db)
+    aklite_db.record_installed(db, target, mode, failed=failed)
+    assert _dump(db) == once
+
+
 def test_rollback_needs_the_failed_target(db: Path) -> None:
     with pytest.raises(ValueError, match="failed target"):
         aklite_db.record_installed(db, OLD, Mode.ROLLBACK)

@@ -2,6 +2,12 @@
 
 Verification and persistence are two calls because the core decides when accepting is final
 (a failure later in `install` must not have moved the device's trust); `verify()` never writes.
+
+aktualizr-lite's database (`[storage] sqldb_path`, read-only, see `usbupdater.aklite_db`) is a
+second trust history: its roots newer than ours are walked as a chain from our newest root (each
+signed by its predecessor's and its own root keys, as a bundle's roots are), and its
+timestamp/snapshot/targets join ours as rollback floors and as the fallback when the stick is
+older than what the device got online. A missing database or an unknown schema is ignored.
 """
 
 from __future__ import annotations
@@ -12,14 +18,14 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from usbupdater import safeio
+from usbupdater import aklite_db, safeio
 from usbupdater.config import Config
-from usbupdater.errors import MetadataMissingError, SecurityError
+from usbupdater.errors import MetadataMissingError, SecurityError, UpdaterError
 from usbupdater.trust import store
 from usbupdater.trust.dialect import (
     MAX_META_SIZE,
@@ -29,7 +35,13 @@ from usbupdater.trust.dialect import (
     load,
     parse_time,
 )
-from usbupdater.trust.trusted_set import BundleTargets, ChainResult, StoredMeta, verify_chain
+from usbupdater.trust.trusted_set import (
+    BundleTargets,
+    ChainResult,
+    StoredMeta,
+    verify_chain,
+    walk_roots,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +128,92 @@ def _trusted_root(shipped: Path, docs: store.StoredDocs) -> Envelope[Any]:
     return root
 
 
-def _stored_meta(docs: store.StoredDocs) -> StoredMeta:
+# Intermediate roots may have expired (walk_roots checks the newest one only); the roots of the
+# database are a stepping stone, the bundle's walk from them checks the expiry of the newest.
+_NEVER = datetime.min.replace(tzinfo=timezone.utc) + timedelta(days=1)
+DB_SOURCE = "aktualizr-lite's database"
+
+
+def _db_roots(
+    local: Envelope[Any], ak: aklite_db.AkliteState
+) -> tuple[Envelope[Any], tuple[Envelope[Any], ...]]:
+    """Extend our newest root with the database's newer roots, verified as a chain from it.
+
+    A database root that does not chain (a gap, a bad signature) ends the walk there, or is
+    ignored with a warning: it can only make us trust less, never more.
+    """
+    newer = {m.version: m.raw for m in ak.image_roots if m.version > local.version}
+    if not newer:
+        return local, ()
+
+    def fetch(name: str, limit: int) -> bytes | None:
+        m = _ROOT_NAME.match(name)
+        raw = newer.get(int(m.group(1))) if m else None
+        if raw is not None and len(raw) > limit:
+            raise SecurityError(f"{DB_SOURCE}: {name} is larger than {limit} bytes")
+        return raw
+
+    try:
+        root, walked = walk_roots(local, fetch, _NEVER)
+    except UpdaterError as exc:
+        log.warning("%s: its roots after v%d are ignored: %s", DB_SOURCE, local.version, exc.reason)
+        return local, ()
+    if walked:
+        log.info("%s: root v%d (online root rotation) is trusted", DB_SOURCE, root.version)
+    return root, walked
+
+
+def _stored_meta(
+    docs: store.StoredDocs, ak: aklite_db.AkliteState
+) -> tuple[StoredMeta, dict[str, str]]:
+    """Per role the newest of our stored metadata and the database's, and where each came from.
+
+    Both come from the same Image repository, whose versions only grow, so the newest of each
+    role form one set (the fallback) and are the rollback floors.
+    """
     envs: dict[str, Envelope[Any]] = {}
+    sources: dict[str, str] = {}
     for role, doc in docs.top.items():
         try:
             envs[role] = load(canonical(doc), role, f"stored {role}")
+            sources[role] = "usbupdater"
         except SecurityError as exc:  # written by us after verification: should not happen
             log.error("ignoring the device's stored %s: %s", role, exc.reason)
-    return StoredMeta(envs.get("timestamp"), envs.get("snapshot"), envs.get("targets"))
+    for role, meta in ak.image_top.items():
+        try:
+            env: Envelope[Any] = load(meta.raw, role, f"{role} of {DB_SOURCE}")
+        except SecurityError as exc:
+            log.warning("%s: its %s is ignored: %s", DB_SOURCE, role, exc.reason)
+            continue
+        if role not in envs or env.version > envs[role].version:
+            envs[role], sources[role] = env, DB_SOURCE
+    stored = StoredMeta(envs.get("timestamp"), envs.get("snapshot"), envs.get("targets"))
+    return stored, sources
+
+
+def _older_than_online(sources: Mapping[str, str], stored: StoredMeta) -> str:
+    """The tail of a refusal when the device's newer metadata came from an online update."""
+    if DB_SOURCE not in sources.values():
+        return ""
+    online = stored.targets.version if stored.targets is not None else None
+    return "; the stick is older than what the device got online" + (
+        f" (targets v{online})" if online is not None else ""
+    )
+
+
+def _check_cache_names_bundle(result: ChainResult, sources: Mapping[str, str]) -> None:
+    """Falling back to the device's metadata only helps when it names the stick's targets."""
+    if not result.from_device_cache or result.bundle_targets is None:
+        return
+    known = result.targets.signed.get("targets", {})
+    if any(name in known for name in result.bundle_targets.targets):
+        return
+    where = "got online" if sources.get("targets") == DB_SOURCE else "accepted before"
+    raise SecurityError(
+        f"the stick's TUF metadata is older than what the device {where} "
+        f"(targets v{result.targets.version}), and the device's metadata does not name the "
+        "stick's targets: use a newer bundle"
+    )
 
 
 def _known_true_time(result: ChainResult) -> datetime | None:
@@ -161,8 +251,11 @@ class TrustSession:
         device_tags: Sequence[str],
         store_dir: Path,
         now: datetime | None = None,
+        sqldb_path: Path | None = None,
     ) -> None:
         self.tuf_dir = Path(tuf_dir)
+        self.sqldb_path = Path(sqldb_path) if sqldb_path is not None else None
+        self._db_roots: tuple[Envelope[Any], ...] = ()
         self.shipped_roots_dir = Path(shipped_roots_dir)
         self.device_type = device_type
         self.device_tags = tuple(device_tags)
@@ -183,12 +276,20 @@ class TrustSession:
             device_tags=config.pacman.tags,
             store_dir=store_dir(config),
             now=now,
+            sqldb_path=config.storage.sqldb_path,
         )
 
     def verify(self) -> TrustedMetadata:
         now = effective_now(self.store_dir, self.clock)
         docs = store.load_docs(self.store_dir)
-        trusted = _trusted_root(self.shipped_roots_dir, docs)
+        # A busy or corrupt database raises (StateError): its floors guard against rollbacks.
+        ak = (
+            aklite_db.read_state(self.sqldb_path)
+            if self.sqldb_path is not None
+            else aklite_db.AkliteState(available=False)
+        )
+        trusted, db_roots = _db_roots(_trusted_root(self.shipped_roots_dir, docs), ak)
+        stored, sources = _stored_meta(docs, ak)
         try:
             dirfd = safeio.open_root(self.tuf_dir)
         except FileNotFoundError:
@@ -207,12 +308,19 @@ class TrustSession:
                 # Any other OSError (EIO from a failing or pulled stick) is no statement about
                 # the metadata: it reaches the caller, which reports an I/O error.
 
-            result = verify_chain(
-                trusted, fetch, _stored_meta(docs), now, self.device_type, self.device_tags
-            )
+            try:
+                result = verify_chain(
+                    trusted, fetch, stored, now, self.device_type, self.device_tags
+                )
+            except SecurityError as exc:
+                if not exc.reason.startswith("rollback:"):
+                    raise
+                raise SecurityError(exc.reason + _older_than_online(sources, stored)) from None
         finally:
             os.close(dirfd)
+        _check_cache_names_bundle(result, sources)
         self._result, self._docs, self._now = result, docs, now
+        self._db_roots = db_roots
         log.info(
             "TUF metadata verified: root v%d, targets v%d, expires %s%s",
             result.root.version,
@@ -236,7 +344,7 @@ class TrustSession:
             raise RuntimeError("TrustSession.commit() before a successful verify()")
         result, old = self._result, self._docs
         roots = dict(old.roots)
-        roots.update({r.version: r.doc for r in result.new_roots})
+        roots.update({r.version: r.doc for r in (*self._db_roots, *result.new_roots)})
         top = {
             "timestamp": result.timestamp.doc,
             "snapshot": result.snapshot.doc,
@@ -258,6 +366,7 @@ def verify_bundle(
     device_tags: Sequence[str],
     store_dir: Path,
     now: datetime | None = None,
+    sqldb_path: Path | None = None,
 ) -> TrustedMetadata:
     """Verify `tuf_dir` against the device's trust; raises 11/12/14/15 errors; persists nothing."""
     return TrustSession(
@@ -267,6 +376,7 @@ def verify_bundle(
         device_tags=device_tags,
         store_dir=store_dir,
         now=now,
+        sqldb_path=sqldb_path,
     ).verify()
 
 
