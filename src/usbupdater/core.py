@@ -140,6 +140,11 @@ class Device:
     def lock(self) -> AkliteLock:
         return AkliteLock(self.cfg.usbupdater.lock_path)
 
+    def sweep(self) -> None:
+        """Remove temporaries a killed step left in the state directories (under the lock)."""
+        for d in (self.state.dir, self.state.dir / "tuf"):
+            fsutil.sweep_stale_temps(d)
+
 
 # --- shared helpers ----------------------------------------------------------------------------
 
@@ -258,6 +263,7 @@ def install(
     """aklite-offline `install`: 0 / 90 / 100 / 101, or raise the failure (device unchanged)."""
     dev = device or Device(cfg)
     with dev.lock():
+        dev.sweep()
         state = dev.state.load()
         if state.pending is not None:
             raise InstallPendingError(
@@ -560,6 +566,7 @@ def run(cfg: Config, *, device: Optional[Device] = None) -> Outcome:
     """aklite-offline `run`: complete the pending installation; 0/90/99/100/110/120 or raise."""
     dev = device or Device(cfg)
     with dev.lock():
+        dev.sweep()
         state = dev.state.load()
         if state.pending is None:
             raise NothingPendingError(

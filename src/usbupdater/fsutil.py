@@ -65,23 +65,36 @@ def atomic_write(path: PathLike, data: bytes, mode: int = 0o644) -> None:
 def _remove_stale_temps(target: Path) -> None:
     """Drop `.<name>.tmp.<pid>` files of writers that were killed before their rename (their
     process is gone), so a kill inside an atomic write leaves nothing behind for long."""
-    prefix = f".{target.name}.tmp."
+    sweep_stale_temps(target.parent, f".{target.name}.tmp.")
+
+
+def sweep_stale_temps(directory: PathLike, prefix: str = ".") -> int:
+    """Remove `<prefix>....tmp.<pid>` temporaries of dead writers in `directory`; how many.
+
+    Commands call it on their state directories when they start, so a step killed inside an
+    atomic write of a file that is not written again (say, after its commit point) leaves no
+    temporary behind once anything runs again.
+    """
+    d = Path(directory)
     names = []
     try:
-        with os.scandir(target.parent) as it:
+        with os.scandir(d) as it:
             for n, entry in enumerate(it):
                 if n >= _MAX_SCAN:  # a directory on a stick may be huge: look no further
                     break
-                if entry.name.startswith(prefix):
+                if entry.name.startswith(prefix) and ".tmp." in entry.name:
                     names.append(entry.name)
     except OSError:
-        return
+        return 0
+    removed = 0
     for name in names:
-        suffix = name[len(prefix) :]
+        suffix = name.rsplit(".tmp.", 1)[1]
         if not suffix.isdigit() or int(suffix) == os.getpid() or _alive(int(suffix)):
             continue
         with contextlib.suppress(OSError):
-            (target.parent / name).unlink()
+            (d / name).unlink()
+            removed += 1
+    return removed
 
 
 def _alive(pid: int) -> bool:

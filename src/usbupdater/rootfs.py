@@ -342,7 +342,15 @@ class OstreeSysroot:
                 f"{LS_MAX_OUTPUT >> 20} MiB"
             )
         if listing.returncode != 0:  # ls reads every file object: a missing one shows here
-            raise _content_error(listing, commit)
+            err = _content_error(listing, commit)
+            if type(err) is AdapterError and "I/O error" not in err.reason:
+                # `ls` only reads the stick's repo (already walked): whatever else it failed on
+                # is content ostree cannot make sense of.
+                err = VerificationError(
+                    f"commit {commit[:12]}: bundle content is unreadable for ostree "
+                    f"(ostree ls exit {listing.returncode})"
+                )
+            raise err
         objects = parse_ls(listing.stdout)
         if not objects:
             raise AdapterError(f"ostree ls: no content listed for commit {commit[:12]}")
