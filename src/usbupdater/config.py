@@ -31,6 +31,10 @@ DEFAULT_CONFIG_PATHS: tuple[Path, ...] = (
 HARDWARE_ID_HINT = "/usr/lib/sota/conf.d/40-hardware-id.toml"
 ROLLBACK_MODES = ("none", "uboot_generic", "uboot_masked", "fiovb", "fioefi")
 PACMAN_TYPES = ("ostree", "ostree+compose_apps")
+# aktualizr-lite src/liteclient.cc (LiteClient::LiteClient): with `[pacman] type` unset ("none",
+# aktualizr's PACKAGE_MANAGER_NONE) it is "ostree+compose_apps" when both of these exist, else
+# "ostree".
+DOCKER_PROBES = (Path("/usr/bin/dockerd"), Path("/usr/bin/docker"))
 DEVICE_TYPES = ("", "ci", "prod")
 
 
@@ -59,6 +63,8 @@ class PacmanConfig:
     reset_apps_root: Path = Path("/var/sota/reset-apps")
     docker_compose_bin: str = "/usr/bin/docker"
     ostree_update_block: bool = True
+    # aktualizr-lite ComposeAppManager::Config: on unless "0" or "false" (apps/prune_images.py)
+    docker_prune: bool = True
 
     @property
     def apps_enabled(self) -> bool:
@@ -255,6 +261,27 @@ class Table:
         return v
 
 
+def default_pacman_type(probes: Iterable[Path] = DOCKER_PROBES) -> str:
+    """aktualizr-lite's deduction for an unset `[pacman] type` (see DOCKER_PROBES)."""
+    return "ostree+compose_apps" if all(p.exists() for p in probes) else "ostree"
+
+
+def _pacman_type(pm: Table) -> str:
+    if str(pm.values.get("type", "none")).strip() == "none":
+        return default_pacman_type()
+    return pm.get_choice("type", PacmanConfig.type, PACMAN_TYPES)
+
+
+def _docker_prune(pm: Table) -> bool:
+    """aktualizr-lite: any value but "0"/"false" (any case) is on; absent is on."""
+    if "docker_prune" not in pm.values:
+        return True
+    v = pm.values["docker_prune"]
+    if isinstance(v, bool):
+        return v
+    return str(v).strip().lower() not in ("0", "false")
+
+
 def from_tables(tables: Mapping[str, Mapping[str, Any]], sources: tuple[Path, ...] = ()) -> Config:
     """Build a `Config` from merged tables (the pure half of `load`)."""
     prov = Table("provision", tables.get("provision", {}))
@@ -283,7 +310,7 @@ def from_tables(tables: Mapping[str, Mapping[str, Any]], sources: tuple[Path, ..
             ),
         ),
         pacman=PacmanConfig(
-            type=pm.get_choice("type", PacmanConfig.type, PACMAN_TYPES),
+            type=_pacman_type(pm),
             sysroot=pm.get_path("sysroot", PacmanConfig.sysroot),
             os=pm.get_str("os", PacmanConfig.os),
             tags=pm.get_list("tags") or (),
@@ -293,6 +320,7 @@ def from_tables(tables: Mapping[str, Mapping[str, Any]], sources: tuple[Path, ..
             reset_apps_root=pm.get_path("reset_apps_root", storage_path / "reset-apps"),
             docker_compose_bin=pm.get_str("docker_compose_bin", PacmanConfig.docker_compose_bin),
             ostree_update_block=pm.get_bool("ostree_update_block", True),
+            docker_prune=_docker_prune(pm),
         ),
         bootloader=BootloaderConfig(
             rollback_mode=bl.get_choice(

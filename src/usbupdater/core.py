@@ -113,9 +113,12 @@ class Device:
 
     @cached_property
     def app_store(self) -> AppStore:
-        from usbupdater.apps.store import AppStore
+        # Preloaded (LmP factory) apps count as present once they verify from the store.
+        from usbupdater.apps.preload import DeviceAppStore
 
-        return AppStore(self.cfg.pacman.reset_apps_root, storage_watermark(self.cfg))
+        return DeviceAppStore(
+            self.cfg.pacman.reset_apps_root, storage_watermark(self.cfg), repair=True
+        )
 
     @cached_property
     def apps(self) -> AppsContext:
@@ -536,13 +539,16 @@ def _run_locked(dev: Device, state: DeviceState, p: PendingInstall) -> Outcome:
     return _start_target(dev, state, p, booted)
 
 
-def _start_apps(dev: Device, apps: Mapping[str, str]) -> None:
+def _start_apps(dev: Device, apps: Mapping[str, str], other: Optional[TargetRecord] = None) -> None:
+    """Run exactly `apps`; only apps of `other` (the target being replaced) may be taken down,
+    never a `[pacman] reset_apps` app nor a project no target lists (started by hand)."""
     if not dev.cfg.pacman.apps_enabled:
         return
     from usbupdater.apps.runner import run_apps
 
     contents = [dev.app_store.load_app(n, u) for n, u in sorted(apps.items())]
-    run_apps(dev.apps, contents)
+    known = set(apps) | set(other.apps if other is not None else ())
+    run_apps(dev.apps, contents, known=known, keep=dev.cfg.pacman.reset_apps or ())
 
 
 def _start_target(
@@ -551,7 +557,7 @@ def _start_target(
     t = p.target
     progress("starting-apps", f"starting the apps of {t.name}")
     try:
-        _start_apps(dev, t.apps)
+        _start_apps(dev, t.apps, p.previous)
     except UpdaterError as exc:
         return _after_apps_failure(dev, state, p, booted, exc)
     # Success: the target becomes current.
@@ -567,6 +573,7 @@ def _start_target(
     outcome_name = "rolled-back" if p.rollback_of else "updated"
     _history(dev, f"{p.txn}/run", "run", t, code, outcome_name, message)
     _end(dev, state, outcome, current=t)  # COMMIT POINT of run: the target is current
+    _prune_images(dev, t, p.previous)
     _after_success_cleanup(dev, t)
     return outcome
 
@@ -581,6 +588,16 @@ def _after_success_cleanup(dev: Device, target: TargetRecord) -> None:
             dev.app_store.prune(sorted(target.apps.items()))
     except (UpdaterError, OSError) as exc:
         logger.warning("clean-up after the update failed", reason=str(exc))
+
+
+def _prune_images(dev: Device, current: TargetRecord, rollback: Optional[TargetRecord]) -> None:
+    """`[pacman] docker_prune`: drop engine images no app of these targets uses (never fails
+    the update; see apps/prune_images.py)."""
+    if not (dev.cfg.pacman.apps_enabled and dev.cfg.pacman.docker_prune):
+        return
+    from usbupdater.apps.prune_images import prune_after_update
+
+    prune_after_update(dev.cfg, dev.app_store, current, rollback)
 
 
 def _failed(dev: Device, p: PendingInstall, code: ExitCode, message: str) -> None:
@@ -604,7 +621,7 @@ def _after_boot_rollback(
     if decisions.apps_known(prev):
         assert prev is not None
         try:
-            _start_apps(dev, prev.apps)
+            _start_apps(dev, prev.apps, p.target)
             restored = True
         except UpdaterError as exc:
             logger.error("restoring the previous apps failed", reason=exc.reason)
@@ -661,7 +678,7 @@ def _after_apps_failure(
         return _end(dev, state, outcome, pending=rollback)
     progress("rolling-back", f"{why}; restarting the apps of {prev.name}")
     try:
-        _start_apps(dev, prev.apps)
+        _start_apps(dev, prev.apps, p.target)
     except UpdaterError as exc2:
         outcome = Outcome(
             ExitCode.NO_ROLLBACK_TARGET,
