@@ -32,9 +32,13 @@ HARDWARE_ID_HINT = "/usr/lib/sota/conf.d/40-hardware-id.toml"
 ROLLBACK_MODES = ("none", "uboot_generic", "uboot_masked", "fiovb", "fioefi")
 PACMAN_TYPES = ("ostree", "ostree+compose_apps")
 # aktualizr-lite src/liteclient.cc (LiteClient::LiteClient): with `[pacman] type` unset ("none",
-# aktualizr's PACKAGE_MANAGER_NONE) it is "ostree+compose_apps" when both of these exist, else
-# "ostree".
-DOCKER_PROBES = (Path("/usr/bin/dockerd"), Path("/usr/bin/docker"))
+# aktualizr's PACKAGE_MANAGER_NONE) it is "ostree+compose_apps" when /usr/bin/dockerd and
+# /usr/bin/docker exist, else "ostree". Each group here is one of those files; any path of a group
+# will do, so Debian's /usr/sbin/dockerd counts too (on LmP both are in /usr/bin).
+DOCKER_PROBES: tuple[tuple[Path, ...], ...] = (
+    (Path("/usr/bin/dockerd"), Path("/usr/sbin/dockerd")),
+    (Path("/usr/bin/docker"),),
+)
 DEVICE_TYPES = ("", "ci", "prod")
 
 
@@ -261,9 +265,10 @@ class Table:
         return v
 
 
-def default_pacman_type(probes: Iterable[Path] = DOCKER_PROBES) -> str:
+def default_pacman_type(probes: Iterable[Iterable[Path]] = DOCKER_PROBES) -> str:
     """aktualizr-lite's deduction for an unset `[pacman] type` (see DOCKER_PROBES)."""
-    return "ostree+compose_apps" if all(p.exists() for p in probes) else "ostree"
+    found = all(any(p.exists() for p in group) for group in probes)
+    return "ostree+compose_apps" if found else "ostree"
 
 
 def _pacman_type(pm: Table) -> str:

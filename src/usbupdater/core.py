@@ -585,7 +585,10 @@ def _after_success_cleanup(dev: Device, target: TargetRecord) -> None:
     try:
         advance_time_floor(store_dir(dev.cfg), datetime.now(timezone.utc))
         if dev.cfg.pacman.apps_enabled:
-            dev.app_store.prune(sorted(target.apps.items()))
+            from usbupdater.apps.prune_images import stored_apps_to_keep
+
+            # `[pacman] reset_apps` apps stay in the store too (aktualizr-lite handleRemovedApps)
+            dev.app_store.prune(stored_apps_to_keep(dev.app_store, target, dev.cfg.pacman))
     except (UpdaterError, OSError) as exc:
         logger.warning("clean-up after the update failed", reason=str(exc))
 

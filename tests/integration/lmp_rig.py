@@ -85,7 +85,9 @@ class LmpRig:
 
     def describe(self) -> str:
         p = self.last
-        return json.dumps({"code": p.returncode, "out": p.stdout, "err": p.stderr[-4000:]}, indent=1)
+        return json.dumps(
+            {"code": p.returncode, "out": p.stdout, "err": p.stderr[-4000:]}, indent=1
+        )
 
     def cleanup(self) -> None:
         client = self.client()

@@ -31,7 +31,7 @@ import docker.errors
 
 from usbupdater import log
 from usbupdater.apps.store import AppContent, AppStore
-from usbupdater.config import Config
+from usbupdater.config import Config, PacmanConfig
 from usbupdater.errors import UpdaterError
 from usbupdater.state import TargetRecord
 
@@ -54,6 +54,18 @@ def target_app_uris(target: TargetRecord, reset_apps: Optional[Iterable[str]]) -
             if isinstance(uri, str) and ("*" in names or name in names):
                 apps.setdefault(str(name), uri)
     return apps
+
+
+def stored_apps_to_keep(
+    store: AppStore, target: TargetRecord, pacman: PacmanConfig
+) -> list[tuple[str, str]]:
+    """(name, uri) the app store keeps after `target` was confirmed: its apps, plus its
+    `reset_apps` apps the store has (aktualizr-lite src/composeappmanager.cc `handleRemovedApps`
+    prunes the store down to `getRequiredApps`: compose_apps + reset_apps)."""
+    uris = target_app_uris(target, pacman.reset_apps)
+    return sorted(
+        (n, u) for n, u in uris.items() if n in target.apps or store.has_app_version(n, u)
+    )
 
 
 def kept_image_ids(apps: Iterable[AppContent]) -> set[str]:
