@@ -137,7 +137,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     facts = device_facts(cfg, store.load(), failed_targets(store.history()))
     dev = Device(cfg)
     booted = booted_or_none(dev, quiet=True)
-    installed = dev.app_store.has_app_version if cfg.pacman.apps_enabled else None
+    from usbupdater.apps.preload import DeviceAppStore
+
+    # Preloaded apps verified from the store, without caching the verdict: check writes nothing.
+    apps = DeviceAppStore(cfg.pacman.reset_apps_root, persist=False)
+    installed = apps.has_app_version if cfg.pacman.apps_enabled else None
     with Bundle.open(args.src_dir) as bundle:
         chosen = select(cfg, bundle, facts, booted=booted, app_installed=installed)
         result = verify_content(chosen, bundle)

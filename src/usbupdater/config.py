@@ -31,6 +31,14 @@ DEFAULT_CONFIG_PATHS: tuple[Path, ...] = (
 HARDWARE_ID_HINT = "/usr/lib/sota/conf.d/40-hardware-id.toml"
 ROLLBACK_MODES = ("none", "uboot_generic", "uboot_masked", "fiovb", "fioefi")
 PACMAN_TYPES = ("ostree", "ostree+compose_apps")
+# aktualizr-lite src/liteclient.cc (LiteClient::LiteClient): with `[pacman] type` unset ("none",
+# aktualizr's PACKAGE_MANAGER_NONE) it is "ostree+compose_apps" when /usr/bin/dockerd and
+# /usr/bin/docker exist, else "ostree". Each group here is one of those files; any path of a group
+# will do, so Debian's /usr/sbin/dockerd counts too (on LmP both are in /usr/bin).
+DOCKER_PROBES: tuple[tuple[Path, ...], ...] = (
+    (Path("/usr/bin/dockerd"), Path("/usr/sbin/dockerd")),
+    (Path("/usr/bin/docker"),),
+)
 DEVICE_TYPES = ("", "ci", "prod")
 
 
@@ -61,6 +69,8 @@ class PacmanConfig:
     reset_apps_root: Path = Path("/var/sota/reset-apps")
     docker_compose_bin: str = "/usr/bin/docker"
     ostree_update_block: bool = True
+    # aktualizr-lite ComposeAppManager::Config: on unless "0" or "false" (apps/prune_images.py)
+    docker_prune: bool = True
 
     @property
     def apps_enabled(self) -> bool:
@@ -257,6 +267,28 @@ class Table:
         return v
 
 
+def default_pacman_type(probes: Iterable[Iterable[Path]] = DOCKER_PROBES) -> str:
+    """aktualizr-lite's deduction for an unset `[pacman] type` (see DOCKER_PROBES)."""
+    found = all(any(p.exists() for p in group) for group in probes)
+    return "ostree+compose_apps" if found else "ostree"
+
+
+def _pacman_type(pm: Table) -> str:
+    if str(pm.values.get("type", "none")).strip() == "none":
+        return default_pacman_type()
+    return pm.get_choice("type", PacmanConfig.type, PACMAN_TYPES)
+
+
+def _docker_prune(pm: Table) -> bool:
+    """aktualizr-lite: any value but "0"/"false" (any case) is on; absent is on."""
+    if "docker_prune" not in pm.values:
+        return True
+    v = pm.values["docker_prune"]
+    if isinstance(v, bool):
+        return v
+    return str(v).strip().lower() not in ("0", "false")
+
+
 def from_tables(tables: Mapping[str, Mapping[str, Any]], sources: tuple[Path, ...] = ()) -> Config:
     """Build a `Config` from merged tables (the pure half of `load`)."""
     prov = Table("provision", tables.get("provision", {}))
@@ -286,7 +318,7 @@ def from_tables(tables: Mapping[str, Mapping[str, Any]], sources: tuple[Path, ..
             sqldb_path=storage_path / st.get_path("sqldb_path", Path("sql.db")),
         ),
         pacman=PacmanConfig(
-            type=pm.get_choice("type", PacmanConfig.type, PACMAN_TYPES),
+            type=_pacman_type(pm),
             sysroot=pm.get_path("sysroot", PacmanConfig.sysroot),
             os=pm.get_str("os", PacmanConfig.os),
             tags=pm.get_list("tags") or (),
@@ -296,6 +328,7 @@ def from_tables(tables: Mapping[str, Mapping[str, Any]], sources: tuple[Path, ..
             reset_apps_root=pm.get_path("reset_apps_root", storage_path / "reset-apps"),
             docker_compose_bin=pm.get_str("docker_compose_bin", PacmanConfig.docker_compose_bin),
             ostree_update_block=pm.get_bool("ostree_update_block", True),
+            docker_prune=_docker_prune(pm),
         ),
         bootloader=BootloaderConfig(
             rollback_mode=bl.get_choice(

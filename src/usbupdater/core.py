@@ -121,9 +121,12 @@ class Device:
 
     @cached_property
     def app_store(self) -> AppStore:
-        from usbupdater.apps.store import AppStore
+        # Preloaded (LmP factory) apps count as present once they verify from the store.
+        from usbupdater.apps.preload import DeviceAppStore
 
-        return AppStore(self.cfg.pacman.reset_apps_root, storage_watermark(self.cfg))
+        return DeviceAppStore(
+            self.cfg.pacman.reset_apps_root, storage_watermark(self.cfg), repair=True
+        )
 
     @cached_property
     def apps(self) -> AppsContext:
@@ -594,13 +597,16 @@ def _run_locked(dev: Device, state: DeviceState, p: PendingInstall) -> Outcome:
     return _start_target(dev, state, p, booted)
 
 
-def _start_apps(dev: Device, apps: Mapping[str, str]) -> None:
+def _start_apps(dev: Device, apps: Mapping[str, str], other: Optional[TargetRecord] = None) -> None:
+    """Run exactly `apps`; only apps of `other` (the target being replaced) may be taken down,
+    never a `[pacman] reset_apps` app nor a project no target lists (started by hand)."""
     if not dev.cfg.pacman.apps_enabled:
         return
     from usbupdater.apps.runner import run_apps
 
     contents = [dev.app_store.load_app(n, u) for n, u in sorted(apps.items())]
-    run_apps(dev.apps, contents)
+    known = set(apps) | set(other.apps if other is not None else ())
+    run_apps(dev.apps, contents, known=known, keep=dev.cfg.pacman.reset_apps or ())
 
 
 def _start_target(
@@ -609,7 +615,7 @@ def _start_target(
     t = p.target
     progress("starting-apps", f"starting the apps of {t.name}")
     try:
-        _start_apps(dev, t.apps)
+        _start_apps(dev, t.apps, p.previous)
     except UpdaterError as exc:
         return _after_apps_failure(dev, state, p, booted, exc)
     # Success: the target becomes current.
@@ -626,6 +632,7 @@ def _start_target(
     _history(dev, f"{p.txn}/run", "run", t, code, outcome_name, message)
     _tell_aklite(dev, t, "current")  # before the commit point: a re-run records it again
     _end(dev, state, outcome, current=t)  # COMMIT POINT of run: the target is current
+    _prune_images(dev, t, p.previous)
     _after_success_cleanup(dev, t, p.previous)
     return outcome
 
@@ -640,10 +647,27 @@ def _after_success_cleanup(
     try:
         advance_time_floor(store_dir(dev.cfg), datetime.now(timezone.utc))
         if dev.cfg.pacman.apps_enabled:
-            keep = {*target.apps.items(), *(previous.apps.items() if previous else ())}
+            from usbupdater.apps.prune_images import stored_apps_to_keep
+
+            # The current and rollback targets' apps stay, and `[pacman] reset_apps` apps
+            # (aktualizr-lite handleRemovedApps keeps them too).
+            keep = {
+                *stored_apps_to_keep(dev.app_store, target, dev.cfg.pacman),
+                *(previous.apps.items() if previous else ()),
+            }
             dev.app_store.prune(sorted(keep), dev.cfg.pacman.reset_apps or ())
     except (UpdaterError, OSError) as exc:
         logger.warning("clean-up after the update failed", reason=str(exc))
+
+
+def _prune_images(dev: Device, current: TargetRecord, rollback: Optional[TargetRecord]) -> None:
+    """`[pacman] docker_prune`: drop engine images no app of these targets uses (never fails
+    the update; see apps/prune_images.py)."""
+    if not (dev.cfg.pacman.apps_enabled and dev.cfg.pacman.docker_prune):
+        return
+    from usbupdater.apps.prune_images import prune_after_update
+
+    prune_after_update(dev.cfg, dev.app_store, current, rollback)
 
 
 def _failed(dev: Device, p: PendingInstall, code: ExitCode, message: str) -> None:
@@ -667,7 +691,7 @@ def _after_boot_rollback(
     if decisions.apps_known(prev):
         assert prev is not None
         try:
-            _start_apps(dev, prev.apps)
+            _start_apps(dev, prev.apps, p.target)
             restored = True
         except UpdaterError as exc:
             logger.error("restoring the previous apps failed", reason=exc.reason)
@@ -729,7 +753,7 @@ def _after_apps_failure(
         return _end(dev, state, outcome, pending=rollback)
     progress("rolling-back", f"{why}; restarting the apps of {prev.name}")
     try:
-        _start_apps(dev, prev.apps)
+        _start_apps(dev, prev.apps, p.target)
     except UpdaterError as exc2:
         _tell_aklite(dev, p.target, "failed")
         outcome = Outcome(

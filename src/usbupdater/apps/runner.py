@@ -5,13 +5,23 @@ digest-checked) and every bundle extracted before any project is stopped or star
 new set does not have are then brought down and their directories removed, each app is brought
 up, and one shared deadline bounds the wait for all services to be started (health.decide).
 Rollback is the same call with the previous target's apps, read from the store alone.
+
+What is left alone (aktualizr-lite `src/composeappmanager.cc` `getAppsToUpdate`: an app whose URI
+did not change and that runs is not touched):
+- an app whose project already runs exactly its verified images (same check as the wait, in its
+  `compose_apps_root/<app>` directory): not re-extracted, not `up`-ed, its containers keep their
+  IDs (LmP's preloaded apps, started by the first boot, survive a rollback to the factory target);
+- a project no target involved lists (`known`): usbupdater never takes down what it cannot
+  explain (a project started by hand), nor an app in `keep` (`[pacman] reset_apps`).
 """
 
 from __future__ import annotations
 
+import io
 import shutil
+import tarfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -22,15 +32,18 @@ import docker
 from usbupdater.apps import engine
 from usbupdater.apps.compose import (
     COMPOSE_FILE,
+    OVERRIDE_FILE,
     Compose,
     expectations,
     extract_bundle,
     write_override,
 )
 from usbupdater.apps.health import FAILED, ServiceExpectation, decide
+from usbupdater.apps.members import MemberError, scan_bundle
 from usbupdater.apps.store import AppContent, AppStore
+from usbupdater.apps.streams import GzipError
 from usbupdater.config import Config
-from usbupdater.errors import AdapterError, ContentMissingError
+from usbupdater.errors import AdapterError, ContentMissingError, VerificationError
 
 
 class AppStartError(AdapterError):
@@ -103,27 +116,77 @@ def remove_app(ctx: AppsContext, name: str) -> None:
     shutil.rmtree(proj, ignore_errors=True)
 
 
-def run_apps(ctx: AppsContext, apps: Sequence[AppContent]) -> None:
+def stored_compose(store: AppStore, app: AppContent) -> bytes:
+    """The app's docker-compose.yml read from its verified bundle in the store (nothing written)."""
+    data = store.read_small(app.bundle)  # digest-checked; bundles are small (verify.MAX_BUNDLE_TGZ)
+    try:
+        for member, f in scan_bundle(io.BytesIO(data)):
+            if member.name == COMPOSE_FILE and f is not None:
+                return f.read()
+    except (MemberError, GzipError, tarfile.TarError, EOFError) as exc:
+        raise VerificationError(f"app {app.name}: bundle is not a valid tgz: {exc}") from None
+    raise VerificationError(f"app {app.name}: bundle has no {COMPOSE_FILE}")
+
+
+def already_running(ctx: AppsContext, app: AppContent) -> bool:
+    """Whether the app's project, in its compose_apps_root directory, runs every service on its
+    verified image (and healthy where it has a healthcheck) right now."""
+    containers = engine.project_containers(ctx.client, app.name)
+    workdir = str(ctx.compose_root / app.name)
+    for c in containers:
+        labels = (c.get("Config") or {}).get("Labels") or {}
+        if labels.get("com.docker.compose.project.working_dir") != workdir:
+            return False
+    if not containers:
+        return False
+    exp = expectations(app, stored_compose(ctx.store, app))
+    return decide(exp, containers).ok
+
+
+def started_here(ctx: AppsContext, name: str) -> bool:
+    """Whether usbupdater started this project: only it writes its image override file there."""
+    override = ctx.compose_root / name / OVERRIDE_FILE
+    return override.is_file() and not override.is_symlink()
+
+
+def run_apps(
+    ctx: AppsContext,
+    apps: Sequence[AppContent],
+    *,
+    known: Optional[Collection[str]] = None,
+    keep: Collection[str] = (),
+) -> None:
     """Make exactly `apps` run: raises VerificationError/ContentMissingError before anything
-    changes, AdapterError (AppStartError) when an app does not start."""
+    changes, AdapterError (AppStartError) when an app does not start.
+
+    Projects taken down: those under compose_apps_root that are in `known` (the apps of the
+    targets involved: the one started and the one it replaces) or that usbupdater started
+    (`started_here`), but not in `apps` or `keep`.
+    `known=None` takes down every other project under compose_apps_root (a caller that owns the
+    whole directory, e.g. tests of this module).
+    """
     for app in apps:
         for b in app.blobs:
             if not ctx.store.has_blob(b):
                 raise ContentMissingError(
                     f"app {app.name}: blob {b.digest} is not in the app store"
                 )
-    engine.load_images(ctx.client, ctx.store, [i for a in apps for i in a.images])
+    running = [a for a in apps if already_running(ctx, a)]
+    todo = [a for a in apps if a not in running]
+    engine.load_images(ctx.client, ctx.store, [i for a in todo for i in a.images])
     expected: dict[str, list[ServiceExpectation]] = {}
-    for app in apps:
+    for app in running:
+        expected[app.name] = expectations(app, stored_compose(ctx.store, app))
+    for app in todo:
         proj = ctx.compose_root / app.name
         compose = extract_bundle(ctx.store, app, proj)
         expected[app.name] = expectations(app, compose, partial(engine.image_ids, ctx.store))
         write_override(app, compose, proj)
-    wanted = {a.name for a in apps}
+    wanted = {a.name for a in apps} | set(keep)
     for name in installed_projects(ctx):
-        if name not in wanted:
+        if name not in wanted and (known is None or name in known or started_here(ctx, name)):
             remove_app(ctx, name)
-    for app in apps:
+    for app in todo:
         ctx.compose(app.name).up()
     wait_started(ctx, expected)
 
@@ -160,9 +223,12 @@ def _failure(
     return AppStartError(app, service, why, logs)
 
 
-def restore_apps(ctx: AppsContext, apps: Mapping[str, str]) -> None:
+def restore_apps(
+    ctx: AppsContext, apps: Mapping[str, str], *, known: Optional[Collection[str]] = None
+) -> None:
     """Bring back a previous set of apps ({name: uri}) from the store alone (rollback)."""
-    run_apps(ctx, [ctx.store.load_app(name, uri) for name, uri in sorted(apps.items())])
+    contents = [ctx.store.load_app(name, uri) for name, uri in sorted(apps.items())]
+    run_apps(ctx, contents, known=known)
 
 
 __all__ = ["FAILED", "AppStartError", "AppsContext", "remove_app", "restore_apps", "run_apps"]

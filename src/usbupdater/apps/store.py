@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 
 CHUNK = 1 << 20
 RECORD = "usbupdater-app.json"
+# Beside a RECORD that only caches "verified" for an app version someone else put here (a
+# preloaded app): the version is not usbupdater's, so pruning leaves it and its blobs alone.
+VERIFIED_ONLY = "usbupdater-verified-only"
 # aktualizr-lite's `[pacman] storage_watermark`: apps may fill the store's filesystem up to this
 # percentage of its size; the rest stays free (for logs, databases, the engine). Clamped 20..95.
 DEFAULT_STORAGE_WATERMARK = 80
@@ -469,7 +472,7 @@ class AppStore:
         for name, ver in self._versions():
             uri_file = ver / "uri"
             uri = uri_file.read_text() if uri_file.is_file() else ""
-            app = self._record(ver)
+            app = None if (ver / VERIFIED_ONLY).exists() else self._record(ver)
             if app is not None:
                 ours.update(b.digest for b in app.blobs)
             if app is not None and (name, uri) not in keep_set and name not in names:
