@@ -76,6 +76,7 @@ def device_facts(
         hardware_id=cfg.provision.primary_ecu_hardware_id,
         tags=cfg.pacman.tags,
         compose_apps=cfg.pacman.compose_apps,
+        reset_apps=cfg.pacman.reset_apps or (),
         apps_enabled=cfg.pacman.apps_enabled,
         current=CurrentTarget(cur.name, cur.version, cur.sha256, dict(cur.apps)) if cur else None,
         failed_targets=failed,

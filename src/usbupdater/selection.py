@@ -52,6 +52,7 @@ class DeviceFacts:
     hardware_id: str
     tags: tuple[str, ...] = ()
     compose_apps: Optional[tuple[str, ...]] = None  # [pacman] compose_apps; None: all apps
+    reset_apps: tuple[str, ...] = ()  # [pacman] reset_apps ("*": all): required whatever else
     apps_enabled: bool = True  # [pacman] type "ostree" means no apps
     current: Optional[CurrentTarget] = None
     failed_targets: frozenset[str] = frozenset()
@@ -118,8 +119,15 @@ def required_apps(target: Target, device: DeviceFacts) -> tuple[dict[str, str], 
             if not apps:
                 return {}, f"{notes[0]} names none of the target's apps"
     if device.compose_apps is not None:
-        apps = {a: u for a, u in apps.items() if a in device.compose_apps}
+        # aktualizr-lite's required apps are compose_apps plus reset_apps
+        # (src/composeappmanager.cc getRequiredApps): a reset app stays required.
+        reset = set(device.reset_apps)
+        apps = {
+            a: u for a, u in apps.items() if a in device.compose_apps or a in reset or "*" in reset
+        }
         notes.append(f"[pacman] compose_apps: {', '.join(device.compose_apps) or '(empty)'}")
+        if reset:
+            notes.append(f"[pacman] reset_apps: {', '.join(sorted(reset))}")
     return apps, "; ".join(notes) or "all of the target's apps"
 
 

@@ -227,6 +227,12 @@ def test_required_apps_rules() -> None:
     assert _apps(device=DeviceFacts(HW, apps_enabled=False)) == set()
     both = DeviceFacts(HW, compose_apps=("a", "b"))
     assert _apps({"uri": "u", "shortlist": "b,c"}, device=both) == {"b"}
+    # [pacman] reset_apps are required whatever compose_apps says (aktualizr-lite
+    # getRequiredApps), but only as far as the bundle's shortlist carries them.
+    reset = DeviceFacts(HW, compose_apps=("a",), reset_apps=("c",))
+    assert _apps(device=reset) == {"a", "c"}
+    assert _apps(device=DeviceFacts(HW, compose_apps=(), reset_apps=("*",))) == {"a", "b", "c"}
+    assert _apps({"uri": "u", "shortlist": "a"}, device=reset) == {"a"}
 
 
 def test_shortlist_excludes_missing_app() -> None:
