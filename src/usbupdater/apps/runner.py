@@ -18,6 +18,9 @@ did not change and that runs is not touched):
 from __future__ import annotations
 
 import io
+import json
+import os
+import re
 import shutil
 import tarfile
 import time
@@ -32,6 +35,7 @@ import docker
 from usbupdater.apps import engine
 from usbupdater.apps.compose import (
     COMPOSE_FILE,
+    LEGACY_OVERRIDE_FILE,
     OVERRIDE_FILE,
     Compose,
     expectations,
@@ -137,16 +141,49 @@ def already_running(ctx: AppsContext, app: AppContent) -> bool:
         labels = (c.get("Config") or {}).get("Labels") or {}
         if labels.get("com.docker.compose.project.working_dir") != workdir:
             return False
-    if not containers:
-        return False
+    legacy = ctx.compose_root / app.name / LEGACY_OVERRIDE_FILE
+    if not containers or legacy.exists() or legacy.is_symlink():
+        return False  # a project an older usbupdater left is started again: override renewed
     exp = expectations(app, stored_compose(ctx.store, app))
     return decide(exp, containers).ok
 
 
 def started_here(ctx: AppsContext, name: str) -> bool:
-    """Whether usbupdater started this project: only it writes its image override file there."""
-    override = ctx.compose_root / name / OVERRIDE_FILE
-    return override.is_file() and not override.is_symlink()
+    """Whether usbupdater started this project: the override there is one it generated (a
+    person's own `docker-compose.override.yml` does not count), or an older version's."""
+    project = ctx.compose_root / name
+    legacy = project / LEGACY_OVERRIDE_FILE
+    return is_generated_override(project / OVERRIDE_FILE) or (
+        legacy.is_file() and not legacy.is_symlink()
+    )
+
+
+_TAG = re.compile(r"^[^\s:@]+(:\d+)?(/[^\s:@]+)*:sha256-[0-9a-f]{64}$")
+
+
+def is_generated_override(path: Path) -> bool:
+    """An override as `write_override` writes it: JSON naming only services' images by the
+    local tags usbupdater gives verified images (bounded read, no link followed)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            data = fh.read(1 << 20)
+        doc = json.loads(data)
+    except (OSError, ValueError):
+        return False
+    if not isinstance(doc, dict) or not set(doc) <= {"version", "services"}:
+        return False
+    services = doc.get("services")
+    return isinstance(services, dict) and all(
+        isinstance(body, dict)
+        and set(body) == {"image"}
+        and isinstance(body["image"], str)
+        and bool(_TAG.match(body["image"]))
+        for body in services.values()
+    )
 
 
 def run_apps(
