@@ -49,7 +49,6 @@ class Case:
     install: int  # the code the spec asks for
     alt: tuple[int, ...] = ()  # other codes accepted where the spec leaves the choice open
     check: Optional[tuple[int, ...]] = None  # codes accepted from `check`; default: install's
-    watch: bool = False  # also through the service
     ignored: bool = False  # the service sees no bundle (no readable tuf/targets.json)
     size_mb: int = 96
     notes: str = ""
@@ -310,7 +309,7 @@ def huge_listing_tuf(c: Corpus, b: Path) -> None:
 OCHECK = (16, 8, 80)  # `check` does not run ostree: 16 until it checks the repo itself
 
 FS: list[Case] = [
-    Case("tuf-dir-symlink", "fs", at(path("tuf"), to_outside), 11, (14,), watch=True, ignored=True),
+    Case("tuf-dir-symlink", "fs", at(path("tuf"), to_outside), 11, (14,), ignored=True),
     Case(
         "targets-json-symlink",
         "fs",
@@ -333,7 +332,6 @@ FS: list[Case] = [
         8,
         (80,),
         check=OCHECK,
-        watch=True,
     ),
     Case(
         "ostree-ref-secret", "fs", at(lambda c, b: ref_file(b), to_secret), 8, (80,), check=OCHECK
@@ -342,7 +340,7 @@ FS: list[Case] = [
     Case("targets-json-fifo", "fs", at(path("tuf/targets.json"), to_fifo), 11, (14,), ignored=True),
     Case("timestamp-json-fifo", "fs", at(path("tuf/timestamp.json"), to_fifo), 11, (14,)),
     Case("app-uri-fifo", "fs", at(lambda c, b: app_dir(c, b) / "uri", to_fifo), 8),
-    Case("blob-fifo", "fs", at(layer, to_fifo), 80, (8,), watch=True),
+    Case("blob-fifo", "fs", at(layer, to_fifo), 80, (8,)),
     Case(
         "ostree-config-fifo",
         "fs",
@@ -350,7 +348,6 @@ FS: list[Case] = [
         8,
         (80,),
         check=OCHECK,
-        watch=True,
     ),
     Case("ostree-commit-fifo", "fs", at(commit_obj, to_fifo), 8),
     Case(
@@ -399,10 +396,8 @@ FS: list[Case] = [
     Case("ostree-objects-is-file", "fs", at(path("ostree_repo/objects"), to_file), 8),
     # A hard link is harmless in itself: here it gives the layer the config's bytes.
     Case("blob-hardlink-to-other", "fs", hardlink_layer_to_config, 80),
-    Case(
-        "app-dir-name-control", "fs", rename_app_dir(b"web\x1b]0;owned\x07\x1b[2J"), 8, watch=True
-    ),
-    Case("app-dir-name-bad-utf8", "fs", rename_app_dir(b"web\xff\xfe"), 8, watch=True),
+    Case("app-dir-name-control", "fs", rename_app_dir(b"web\x1b]0;owned\x07\x1b[2J"), 8),
+    Case("app-dir-name-bad-utf8", "fs", rename_app_dir(b"web\xff\xfe"), 8),
     Case("app-dir-name-long", "fs", rename_app_dir(b"w" * 255), 8),
     Case("tuf-name-newline", "fs", rename_tuf_file("timestamp.json", b"timestamp.json\n"), 14),
     Case(
@@ -584,7 +579,7 @@ TUF: list[Case] = [
     # (An absent bundle-targets.json is a legacy bundle, accepted; junk is not.)
     Case("bundle-targets-junk", "tuf", raw("bundle-targets.json", lambda c, b: b"{junk"), 15),
     Case("targets-tampered", "tuf", tamper("targets.json", lambda s: s.update(version=99)), 11),
-    Case("targets-wrong-key", "tuf", other_keys("targets"), 11, watch=True),
+    Case("targets-wrong-key", "tuf", other_keys("targets"), 11),
     Case("timestamp-wrong-key", "tuf", other_keys("timestamp"), 11),
     Case("snapshot-bad-signature", "tuf", corrupt_sig("snapshot.json"), 11),
     Case("bundle-targets-wrong-key", "tuf", other_keys("bundle-targets"), 15),
@@ -592,7 +587,7 @@ TUF: list[Case] = [
     Case("targets-same-key-twice", "tuf", same_key_twice, 11),
     # Older metadata than the device's, naming a target only it has: the device keeps its
     # own metadata, in which that target does not exist (11, or 6: nothing for the device).
-    Case("rollback-all-roles", "tuf", rollback(), 11, (6,), watch=True),
+    Case("rollback-all-roles", "tuf", rollback(), 11, (6,)),
     Case("rollback-timestamp", "tuf", rollback({"timestamp": TRUSTED_VERSION - 1}), 11, (6,)),
     Case("snapshot-mix-and-match", "tuf", mix_and_match, 11),
     Case(
@@ -600,7 +595,6 @@ TUF: list[Case] = [
         "tuf",
         resigned(expires={r: past() for r in ("timestamp", "snapshot", "targets")}),
         12,
-        watch=True,
     ),
     Case("expired-timestamp", "tuf", resigned(expires={"timestamp": past()}), 12),
     Case("expired-bundle-targets", "tuf", resigned(expires={"bundle-targets": past()}), 15),
@@ -610,7 +604,6 @@ TUF: list[Case] = [
         "tuf",
         raw("targets.json", junk_64m),
         11,
-        watch=True,
         size_mb=200,
     ),
     Case("timestamp-deep-nesting", "tuf", raw("timestamp.json", deep_json), 11),
@@ -626,7 +619,6 @@ TUF: list[Case] = [
             c, b, entries=entry(c, lambda e: e["custom"].update(hardwareIds=["other-board"]))
         ),
         6,
-        watch=True,
     ),
     Case(
         "wrong-tag",
@@ -738,7 +730,6 @@ APPS: list[Case] = [
         "apps",
         unsigned_layer(lambda _: multi_member_layer()[0]),
         80,
-        watch=True,
     ),
     Case("layer-truncated-unsigned", "apps", unsigned_layer(lambda d: d[: len(d) // 2]), 80),
     Case(
@@ -752,7 +743,6 @@ APPS: list[Case] = [
         "apps",
         lambda c, b: signed_app(layers=bombs())(c, b),
         80,
-        watch=True,
     ),
     Case(
         "layer-wrong-diff-id",
@@ -789,7 +779,7 @@ APPS: list[Case] = [
         lambda c, b: with_platforms(arch(), arch())(c, b),
         80,
     ),
-    Case("tgz-symlink-chain", "apps", tgz_members(chain_links), 80, watch=True),
+    Case("tgz-symlink-chain", "apps", tgz_members(chain_links), 80),
     Case("tgz-absolute-symlink", "apps", tgz_members(lambda _: [lnk("etc", "/etc")]), 80),
     Case("tgz-dotdot-name", "apps", tgz_members(lambda _: [reg("../../x")]), 80),
     Case(
@@ -810,7 +800,7 @@ APPS: list[Case] = [
         tgz_members(lambda _: [lnk("h", "docker-compose.yml", tarfile.LNKTYPE)]),
         80,
     ),
-    Case("tgz-header-bomb-wrong-digest", "apps", header_bomb, 80, watch=True),
+    Case("tgz-header-bomb-wrong-digest", "apps", header_bomb, 80),
     Case("tgz-100k-members", "apps", tgz_members(many_members), 80),
     Case("compose-not-digest-pinned", "apps", signed_app(compose=unpinned), 80),
     Case(
@@ -856,7 +846,6 @@ OSTREE: list[Case] = [
         at(lambda c, b: file_obj(b), flip_last_byte),
         80,
         check=(16, 80),
-        watch=True,
     ),
     Case(
         "ostree-file-object-missing", "ostree", at(lambda c, b: file_obj(b), gone), 8, check=(16, 8)
