@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from usbupdater import decisions, fsutil, log
+from usbupdater.booted import BootedCommitSource, ProcCmdlineBootedCommit, RecordedBootedCommit
 from usbupdater.bootloader import (
     ARMED_VARIABLES,
     FIRMWARE_VERSION_FILE,
@@ -53,12 +54,7 @@ from usbupdater.errors import (
     UpdaterError,
 )
 from usbupdater.lock import AkliteLock
-from usbupdater.rootfs import (
-    BootedCommitSource,
-    OstreeSysroot,
-    ProcCmdlineBootedCommit,
-    RecordedBootedCommit,
-)
+from usbupdater.rootfs import OstreeSysroot
 from usbupdater.state import DeviceState, LastResult, PendingInstall, StateStore, TargetRecord
 from usbupdater.state import utcnow as _utcnow
 

@@ -45,7 +45,6 @@ def atomic_write(path: PathLike, data: bytes, mode: int = 0o644) -> None:
     target = Path(path)
     makedirs_durable(target.parent)
     tmp = target.with_name(f".{target.name}.tmp.{os.getpid()}")
-    _remove_stale_temps(target)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
     try:
         view = memoryview(data)
@@ -62,25 +61,19 @@ def atomic_write(path: PathLike, data: bytes, mode: int = 0o644) -> None:
     fsync_dir(target.parent)
 
 
-def _remove_stale_temps(target: Path) -> None:
-    """Drop `.<name>.tmp.<pid>` files of writers that were killed before their rename (their
-    process is gone), so a kill inside an atomic write leaves nothing behind for long."""
-    sweep_stale_temps(target.parent, f".{target.name}.tmp.")
-
-
 def sweep_stale_temps(directory: PathLike, prefix: str = ".") -> int:
     """Remove `<prefix>....tmp.<pid>` temporaries of dead writers in `directory`; how many.
 
-    Commands call it on their state directories when they start, so a step killed inside an
-    atomic write of a file that is not written again (say, after its commit point) leaves no
-    temporary behind once anything runs again.
+    The core's commands and the service call it on their own directories when they start (not
+    on every write), so a step killed inside an atomic write leaves no temporary behind once
+    anything runs again.
     """
     d = Path(directory)
     names = []
     try:
         with os.scandir(d) as it:
             for n, entry in enumerate(it):
-                if n >= _MAX_SCAN:  # a directory on a stick may be huge: look no further
+                if n >= _MAX_SCAN:  # bounded work whatever the directory holds
                     break
                 if entry.name.startswith(prefix) and ".tmp." in entry.name:
                     names.append(entry.name)

@@ -21,74 +21,40 @@ What aktualizr-lite does, and so do we:
 from __future__ import annotations
 
 import configparser
-import json
 import os
-import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Protocol
+from typing import Callable, Optional
 
 from usbupdater import log, proc, safeio, stick_repo
+from usbupdater.booted import BootedCommitSource, ProcCmdlineBootedCommit, boot_entry_options
 from usbupdater.errors import (
     AdapterError,
     ContentMissingError,
     NoSpaceError,
-    UpdaterError,
     VerificationError,
 )
-
-COMMIT_RE = re.compile(r"^[0-9a-f]{64}$")
-# "* lmp 0a64...ab.1 (pending)" -- a deployment line of `ostree admin status`.
-_STATUS_LINE = re.compile(r"^(?P<mark>[* ]) (?P<os>\S+) (?P<commit>[0-9a-f]{64})\.(?P<serial>\d+)")
-# "-00644 0 0 100000 <checksum> /usr/big" -- one entry of `ostree ls -R -C`.
-_LS_LINE = re.compile(
-    r"^(?P<type>[-dl])(?P<mode>[0-7]+)\s+\d+\s+\d+\s+(?P<size>\d+)\s+(?P<csum>[0-9a-f]{64})\s"
+from usbupdater.ostree_cli import (
+    LS_ENTRY,
+    LS_MAX_OUTPUT,
+    PULL_TIMEOUT,
+    Deployment,
+    check_commit,
+    content_error,
+    is_enospc,
+    parse_ls,
+    parse_size,
+    parse_status,
+    run_ostree,
 )
-# "-00644 0 0     23 /usr/lib/firmware/version.txt" -- `ostree ls -d` (a link ends " -> target").
-_LS_ENTRY = re.compile(r"^(?P<type>[-dl])[0-7]+\s+\d+\s+\d+\s+(?P<size>\d+)\s(?P<path>/\S*)")
-_DEPLOY_DIR = re.compile(r"^(?P<commit>[0-9a-f]{64})\.(?P<serial>\d+)$")
+
+logger = log.get_logger("rootfs")
 
 # Estimate overheads: a file object in a bare repo costs its data rounded to the block size plus
 # an inode; metadata objects (dirtree/dirmeta/commit) are small files; the deployment itself is
 # hard links plus a copied /etc and kernel/initramfs in /boot, covered by a fixed allowance.
 DEFAULT_DEPLOY_ALLOWANCE = 1 << 20
 _OSTREE_DEFAULT_MIN_FREE_PERCENT = 3  # libostree's default `min-free-space-percent`
-
-# Seconds per ostree subcommand. pull-local and ls read the stick (a slow one: a few MB/s);
-# deploy and cleanup write the sysroot. The agent's own `updater_timeout` (3600) caps the whole
-# install above these, so the core reports its own reason first.
-PULL_TIMEOUT = 3000.0
-_TIMEOUTS = {
-    "pull-local": PULL_TIMEOUT,
-    "ls": 600.0,
-    "admin deploy": 900.0,
-    "admin cleanup": 900.0,
-    "admin undeploy": 600.0,
-    "admin status": 60.0,
-}
-DEFAULT_TIMEOUT = 600.0
-LS_MAX_OUTPUT = 64 << 20  # `ostree ls -R -C` of a commit: ~130 bytes a file, ~500k files
-logger = log.get_logger("rootfs")
-
-
-def is_commit(value: str) -> bool:
-    return bool(COMMIT_RE.match(value))
-
-
-@dataclass(frozen=True)
-class Deployment:
-    """One deployment as `ostree admin status` lists it; index 0 is what boots next."""
-
-    index: int
-    osname: str
-    commit: str
-    serial: int
-    booted: bool = False
-
-    @property
-    def dirname(self) -> str:
-        return f"{self.commit}.{self.serial}"
 
 
 @dataclass(frozen=True)
@@ -103,77 +69,6 @@ class SpaceEstimate:
     @property
     def sufficient(self) -> bool:
         return self.needed_bytes + self.reserved_bytes <= self.free_bytes
-
-
-class BootedCommitSource(Protocol):
-    """Tells which OSTree commit the running system booted (None: unknown / not booted)."""
-
-    def booted_commit(self) -> Optional[str]: ...
-
-
-def run_ostree(
-    args: Sequence[str],
-    *,
-    ostree_bin: str = "ostree",
-    check: bool = True,
-    timeout: Optional[float] = None,
-    max_stdout: Optional[int] = None,
-    stop_on_overflow: bool = False,
-) -> proc.Completed:
-    """Run ostree; a missing binary, a timeout or (check) a failure is an AdapterError with a
-    fixed reason ("ostree admin status failed (exit 1)"), never ostree's own words."""
-    what = ostree_what(args)
-    limit = timeout if timeout is not None else _TIMEOUTS.get(what[7:], DEFAULT_TIMEOUT)
-    return proc.run(
-        [ostree_bin, *args],
-        what,
-        limit,
-        check=check,
-        max_stdout=max_stdout,
-        stop_on_overflow=stop_on_overflow,
-    )
-
-
-def ostree_what(args: Sequence[str]) -> str:
-    """ "ostree pull-local", "ostree admin deploy": the subcommand, options left out."""
-    words = [a for a in args[:2] if not a.startswith("-")]
-    if words[:1] != ["admin"]:
-        words = words[:1]
-    return " ".join(["ostree", *words])
-
-
-def parse_status(text: str) -> list[Deployment]:
-    """Deployments from `ostree admin status` output, in order; unknown lines are ignored."""
-    found: list[Deployment] = []
-    for line in text.splitlines():
-        m = _STATUS_LINE.match(line)
-        if m:
-            found.append(
-                Deployment(
-                    index=len(found),
-                    osname=m["os"],
-                    commit=m["commit"],
-                    serial=int(m["serial"]),
-                    booted=m["mark"] == "*",
-                )
-            )
-    return found
-
-
-def parse_ls(text: str) -> dict[str, tuple[str, int]]:
-    """Content objects of `ostree ls -R -C`: checksum -> (type, size); directories excluded."""
-    objects: dict[str, tuple[str, int]] = {}
-    for line in text.splitlines():
-        m = _LS_LINE.match(line)
-        if m and m["type"] != "d":
-            objects[m["csum"]] = (m["type"], int(m["size"]))
-    return objects
-
-
-def parse_deploy_dir(name: str) -> Optional[tuple[str, int]]:
-    """`<commit>.<serial>` -> (commit, serial), else None."""
-    m = _DEPLOY_DIR.match(name)
-    return (m["commit"], int(m["serial"])) if m else None
 
 
 def statvfs_free(path: Path) -> int:
@@ -218,7 +113,7 @@ class OstreeSysroot:
 
     def has_commit(self, commit: str) -> bool:
         """Whether the commit object is in the sysroot repo (a partial pull does not count)."""
-        _check_commit(commit)
+        check_commit(commit)
         obj = self.repo / "objects" / commit[:2] / f"{commit[2:]}.commit"
         partial = self.repo / "state" / f"{commit}.commitpartial"
         return obj.is_file() and not partial.exists()
@@ -266,7 +161,7 @@ class OstreeSysroot:
         aktualizr-lite's BootloaderLite::getTargetVersion reads `version.txt` from the repo);
         None when absent. Every component is listed first (`ostree ls -d`, one call): a symbolic
         link on the way, a non-regular file or one over `max_size` is an AdapterError."""
-        _check_commit(commit)
+        check_commit(commit)
         parts = safeio.split_relpath(relpath)
         prefixes = ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
         where = f"{relpath} in commit {commit[:12]}"
@@ -276,7 +171,7 @@ class OstreeSysroot:
             check=False,
             timeout=60.0,
         )
-        entries = [m for m in map(_LS_ENTRY.match, listed.stdout.splitlines()) if m]
+        entries = [m for m in map(LS_ENTRY.match, listed.stdout.splitlines()) if m]
         for i, prefix in enumerate(prefixes):
             if i >= len(entries):  # ostree stops at the first path it cannot find
                 if i == 0 or listed.returncode == 0:
@@ -324,7 +219,7 @@ class OstreeSysroot:
         is counted too: our refusal then predicts ostree's instead of racing it.
         The stick's repo is checked (`stick_repo`) before ostree opens it.
         """
-        _check_commit(commit)
+        check_commit(commit)
         stick_repo.check_repo(src_repo)
         return self._estimate(src_repo, commit)
 
@@ -342,7 +237,7 @@ class OstreeSysroot:
                 f"{LS_MAX_OUTPUT >> 20} MiB"
             )
         if listing.returncode != 0:  # ls reads every file object: a missing one shows here
-            err = _content_error(listing, commit)
+            err = content_error(listing, commit)
             if type(err) is AdapterError and "I/O error" not in err.reason:
                 # `ls` only reads the stick's repo (already walked): whatever else it failed on
                 # is content ostree cannot make sense of.
@@ -380,7 +275,7 @@ class OstreeSysroot:
             return fs_size * _OSTREE_DEFAULT_MIN_FREE_PERCENT // 100
         size = cfg.get("core", "min-free-space-size", fallback="").strip()
         if size:
-            return _parse_size(size)
+            return parse_size(size)
         pct = cfg.get("core", "min-free-space-percent", fallback="").strip()
         try:
             percent = int(pct) if pct else _OSTREE_DEFAULT_MIN_FREE_PERCENT
@@ -409,7 +304,7 @@ class OstreeSysroot:
 
         The stick's repo is walked once (`stick_repo`), before the listing and the pull.
         """
-        _check_commit(commit)
+        check_commit(commit)
         walked = stick_repo.check_repo(src_repo)
         logger.debug("stick repo checked", entries=walked.entries, seconds=walked.seconds)
         if check_space:
@@ -421,7 +316,7 @@ class OstreeSysroot:
             timeout=self.pull_timeout,
         )
         if done.returncode != 0:
-            raise _content_error(done, commit)
+            raise content_error(done, commit)
         if not self.has_commit(commit):
             raise AdapterError(f"ostree pull-local {commit} reported success but it is missing")
 
@@ -431,7 +326,7 @@ class OstreeSysroot:
         A commit that already is the newest deployment is not deployed again: ostree would add
         a second deployment of it and prune the one we need to roll back to.
         """
-        _check_commit(commit)
+        check_commit(commit)
         current = self.deployments()
         if current and current[0].commit == commit:
             return current[0]
@@ -444,7 +339,7 @@ class OstreeSysroot:
         )
         if done.returncode != 0:
             logger.debug("ostree admin deploy failed", code=done.returncode, tail=done.detail)
-            if _is_enospc(done.stderr):
+            if is_enospc(done.stderr):
                 raise NoSpaceError(f"not enough space to deploy commit {commit[:12]}")
             raise AdapterError(proc.failed_reason("ostree admin deploy", done.returncode))
         after = self.deployments()
@@ -466,7 +361,7 @@ class OstreeSysroot:
         deployment, no reboot. Otherwise `commit` is deployed again (a reboot finishes it);
         ostree has no `set-default` in every version we meet.
         """
-        _check_commit(commit)
+        check_commit(commit)
         deps = self.deployments()
         if deps and deps[0].commit == commit:
             return deps[0]
@@ -509,160 +404,3 @@ class OstreeSysroot:
             return frozenset(p.name for p in (self.repo / "objects").iterdir() if p.is_dir())
         except OSError:
             return frozenset()
-
-
-def _check_commit(commit: str) -> None:
-    if not is_commit(commit):
-        raise AdapterError(f"not an OSTree commit checksum: {commit!r}")
-
-
-def _is_enospc(err: str) -> bool:
-    low = err.lower()
-    return "no space left on device" in low or "min-free-space" in low
-
-
-# ostree's words for content trouble; only the checksums next to them are ever shown.
-_UNREADABLE = ("input/output error",)
-# "Writing content object: Unexpected EOF ..." and zlib's errors: a .filez that does not inflate
-_CORRUPT = (
-    "corrupted",
-    "checksum expected",
-    "invalid checksum",
-    "checksum mismatch",
-    "writing content object",
-    "unexpected eof",
-    "decompress",
-)
-_MISSING = ("couldn't find", "no such metadata object", "not found", "no such file")
-_CHECKSUM = re.compile(r"(?<![0-9a-f])([0-9a-f]{64})(?![0-9a-f])")
-
-
-def _content_error(done: proc.Completed, commit: str) -> UpdaterError:
-    """Map ostree's failure reading bundle content to a fixed message and exit code.
-
-    Its stderr is matched, never quoted: a person sees "bundle content failed verification
-    (object <checksum>)" with a checksum that matched a 64-hex pattern, or "<ostree
-    subcommand> failed (exit N)". The sanitised tail goes to the debug log.
-    """
-    err = done.stderr
-    low = err.lower()
-    what = ostree_what(done.args[1:])
-    logger.debug("ostree failed", what=what, code=done.returncode, tail=done.detail)
-    found = [c for c in _CHECKSUM.findall(low) if c != commit]
-    if _is_enospc(err):
-        return NoSpaceError(
-            f"{what}: not enough space in the sysroot repo for commit {commit[:12]}"
-        )
-    if any(m in low for m in _UNREADABLE):
-        return AdapterError(f"{what}: cannot read the bundle (I/O error)")
-    if any(m in low for m in _CORRUPT):
-        obj = f" (object {found[0]})" if found else ""
-        return VerificationError(f"commit {commit[:12]}: bundle content failed verification{obj}")
-    if any(m in low for m in _MISSING):
-        missing = found[0] if found else commit
-        return ContentMissingError(
-            f"commit {commit[:12]}: bundle content missing (object {missing})"
-        )
-    return AdapterError(proc.failed_reason(what, done.returncode))
-
-
-def _parse_size(text: str) -> int:
-    m = re.match(r"^\s*(\d+)\s*([KMGT]?)B?\s*$", text, re.IGNORECASE)
-    if not m:
-        return 0
-    exponent: int = " KMGT".index((m[2] or " ").upper())
-    return int(m[1]) * (1 << (10 * exponent))
-
-
-def boot_entry_options(sysroot: Path, deployment: Deployment) -> list[str]:
-    """The whole `options` line of a deployment's boot entry, `ostree=` included."""
-    entries = Path(sysroot) / "boot" / "loader" / "entries"
-    for conf in sorted(entries.glob("*.conf")) if entries.is_dir() else ():
-        opts = _entry_options(conf)
-        target = next((a.split("=", 1)[1] for a in opts if a.startswith("ostree=")), None)
-        if target and _resolve_ostree_arg(Path(sysroot), target) == (
-            deployment.commit,
-            deployment.serial,
-        ):
-            return opts
-    raise AdapterError(f"{entries}: no boot entry for deployment {deployment.dirname}")
-
-
-def _entry_options(conf: Path) -> list[str]:
-    try:
-        text = conf.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return []
-    for line in text.splitlines():
-        if line.startswith("options"):
-            return line.split()[1:]
-    return []
-
-
-def _resolve_ostree_arg(sysroot: Path, value: str) -> Optional[tuple[str, int]]:
-    """`ostree=/ostree/boot.N/<os>/<bootcsum>/<i>` -> (commit, serial) via its symlink."""
-    link = sysroot / value.lstrip("/")
-    try:
-        real = Path(os.path.realpath(link))
-    except OSError:
-        return None
-    return parse_deploy_dir(real.name)
-
-
-class ProcCmdlineBootedCommit:
-    """The booted commit on a real device.
-
-    First the `ostree=` kernel argument (resolved through its symlink to `<commit>.<serial>`):
-    it is what the initramfs mounted, and it needs no subprocess. Else the `*` line of
-    `ostree admin status`.
-    """
-
-    def __init__(
-        self,
-        sysroot: Path = Path("/"),
-        *,
-        cmdline: Path = Path("/proc/cmdline"),
-        ostree_bin: str = "ostree",
-    ) -> None:
-        self.sysroot = Path(sysroot)
-        self.cmdline = Path(cmdline)
-        self.ostree_bin = ostree_bin
-
-    def booted_commit(self) -> Optional[str]:
-        try:
-            args = self.cmdline.read_text(encoding="utf-8", errors="replace").split()
-        except OSError:
-            args = []
-        for arg in args:
-            if arg.startswith("ostree="):
-                found = _resolve_ostree_arg(self.sysroot, arg.split("=", 1)[1])
-                if found:
-                    return found[0]
-        done = run_ostree(
-            ["admin", "status", f"--sysroot={self.sysroot}"], ostree_bin=self.ostree_bin
-        )
-        booted = [d for d in parse_status(done.stdout) if d.booted]
-        return booted[0].commit if booted else None
-
-
-class RecordedBootedCommit:
-    """The booted commit as a simulated bootloader recorded it (JSON with a "commit" key).
-
-    Used by the simulation kit and the demo, where nothing really boots.
-    """
-
-    def __init__(self, record: Path) -> None:
-        self.record = Path(record)
-
-    def booted_commit(self) -> Optional[str]:
-        # The simulation replaces the record atomically: a reader never sees a partial file.
-        try:
-            data = json.loads(self.record.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            raise AdapterError(f"{self.record}: cannot read boot record: {exc}") from None
-        commit = data.get("commit") if isinstance(data, dict) else None
-        if commit is None or (isinstance(commit, str) and is_commit(commit)):
-            return commit
-        raise AdapterError(f"{self.record}: invalid boot record (commit {commit!r})")

@@ -13,7 +13,7 @@ import pytest
 
 from usbupdater.bootloader import FIRMWARE_VERSION_FILE, FIRMWARE_VERSION_FILE_MAX
 from usbupdater.errors import AdapterError
-from usbupdater.rootfs import run_ostree
+from usbupdater.ostree_cli import run_ostree
 from usbupdater.sim.device import SimDevice, make_commit, remove_tree
 
 pytestmark = pytest.mark.integration

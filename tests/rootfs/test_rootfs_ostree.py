@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from ostree_helpers import SourceRepo
 
+from usbupdater.booted import ProcCmdlineBootedCommit
 from usbupdater.errors import (
     AdapterError,
     ContentMissingError,
@@ -15,7 +16,7 @@ from usbupdater.errors import (
     NoSpaceError,
     VerificationError,
 )
-from usbupdater.rootfs import OstreeSysroot, ProcCmdlineBootedCommit
+from usbupdater.rootfs import OstreeSysroot
 from usbupdater.sim.device import DEFAULT_KARGS, SimDevice
 
 pytestmark = pytest.mark.integration

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from usbupdater.rootfs import parse_deploy_dir, parse_ls, parse_status
+from usbupdater.ostree_cli import parse_deploy_dir, parse_ls, parse_status
 
 A = "a" * 64
 B = "b" * 64

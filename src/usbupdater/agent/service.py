@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Callable, Optional, Union
 
-from usbupdater import log, proc
+from usbupdater import fsutil, log, proc
 from usbupdater.agent import policy, report
 from usbupdater.agent.backend import Outcome, Progress, Updater
 from usbupdater.agent.filter import Stick, refusal
@@ -102,6 +102,8 @@ class Service:
     def serve(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
+        for d in {self.s.agent_state_dir, self.s.runtime_dir, self.s.status_file.parent}:
+            fsutil.sweep_stale_temps(d)  # what a killed service left half-written
         self.token = boot_token(self.s.boot_token_file)
         self.status.set("starting", "starting")
         self.watcher = self._watcher_factory(self.events.put, lambda: self.events.put(RESCAN))

@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from usbupdater.booted import RecordedBootedCommit, boot_entry_options
 from usbupdater.bootloader import (
     FIRMWARE_ARM_MODES,
     FIRMWARE_VERSION_FILE,
@@ -41,13 +42,8 @@ from usbupdater.bootloader import (
 )
 from usbupdater.config import BootloaderConfig
 from usbupdater.fsutil import atomic_write
-from usbupdater.rootfs import (
-    Deployment,
-    OstreeSysroot,
-    RecordedBootedCommit,
-    boot_entry_options,
-    run_ostree,
-)
+from usbupdater.ostree_cli import Deployment, run_ostree
+from usbupdater.rootfs import OstreeSysroot
 
 DEFAULT_KVER = "5.15.0-lmp"
 DEFAULT_KARGS = ("root=LABEL=otaroot", "rw", "console=ttyS0,115200")

@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
-from usbupdater.rootfs import run_ostree
+from usbupdater.ostree_cli import run_ostree
 from usbupdater.sim.apps import AppSpec, WrittenApp, write_apps
 from usbupdater.sim.device import init_archive_repo, make_commit
 from usbupdater.sim.signer import BundleInfo, Repo, ostree_target
