@@ -1,4 +1,4 @@
-"""aktualizr-lite's SQLite database (`sql.db`): read its trust, record offline installs in it.
+"""aktualizr-lite's SQLite database (`sql.db`): the schema, and reading its trust and targets.
 
 Design note
 -----------
@@ -25,46 +25,15 @@ client does, else the database stays unreadable until aktualizr-lite starts agai
 - the primary ECU's current and pending `installed_versions` rows, with the very queries of
   `SQLStorage::loadInstalledVersions` (serial from `ecus WHERE is_primary = 1`, or "").
 
-Written (`record_installed`, one `BEGIN IMMEDIATE` transaction, `mode=rw` so the file is never
-created, and only for a supported schema):
-- `installed_versions` as `SQLStorage::saveInstalledVersion` does for aktualizr-lite's modes:
-  PENDING (kPending: after `install` 100), CURRENT (kCurrent: after `run` confirmed), FAILED
-  (kNone: the flags cleared, `was_installed` kept, so aktualizr-lite lists the target as "known
-  but not installed" and never picks it again), ROLLBACK (FAILED for `failed`, then CURRENT for
-  the target the device is back on); `failed=` with PENDING covers a rollback that needs a reboot;
-- Image repo metadata as `storeRoot`/`storeNonRoot` and `updateRoot` do: each root newer than
-  the stored newest is inserted under its version and then the repo's non-root rows are cleared
-  (`clearNonRootMeta`); timestamp/snapshot/targets replace the role's rows, version -1. They are
-  written only if none is older than what is stored (the database's floors never move back and
-  the three stay one consistent set). Nothing is verified here: callers pass verified bytes.
-The caller must hold the aklite lock (`usbupdater.lock.AkliteLock`); this module does not take
-it (the core already holds it around `install`/`run`). A busy database is waited for
-`busy_timeout` seconds, then `AkliteDbError`.
-
-Integration points (planned; trust/ and core are not edited here):
-(a) trust, `trust/session.py`: in `TrustSession.verify()`, next to `store.load_docs`, call
-    `read_state(sqldb_path)`. `_trusted_root(shipped, docs)` takes `state.image_roots[-1]` as
-    one more candidate (loaded with `dialect.load(raw, "root", ...)`, the newest of shipped,
-    stored and database roots wins), so a bundle signed after an online root rotation verifies.
-    `_stored_meta(docs)` takes, per role, the higher version of the usbupdater store and
-    `state.image_top` (again through `load`), so the database's versions are rollback floors and
-    its metadata is the fallback "device's stored metadata" when the bundle is older.
-(b) core, `core.py`, all under the existing `dev.lock()`: `_install_locked` at its commit point
-    records PENDING (aklite-offline marks the target pending at install time) with the accepted
-    metadata; `_start_target` after `_end(... current=t)` records CURRENT, or ROLLBACK with
-    `failed=<p.rollback_of>` when `p.rollback_of` is set; `_after_apps_failure` records ROLLBACK
-    (restart path) or PENDING with `failed=` (redeploy path) or FAILED (no rollback target);
-    `_after_boot_rollback` records ROLLBACK. Metadata: `TufUpdate` from the trust store's docs.
+Written: see `usbupdater.aklite_write`; what core records when: `usbupdater.aklite_record`.
 """
 
 from __future__ import annotations
 
-import enum
 import json
 import logging
 import sqlite3
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,7 +59,7 @@ ROLE_TIMESTAMP = 3
 TOP_ROLES: Mapping[str, int] = MappingProxyType(
     {"timestamp": ROLE_TIMESTAMP, "snapshot": ROLE_SNAPSHOT, "targets": ROLE_TARGETS}
 )
-_LOAD_NON_ROOT = (
+LOAD_NON_ROOT = (
     "SELECT meta FROM meta WHERE (repo=? AND meta_type=?) ORDER BY version DESC LIMIT 1;"
 )
 _LOAD_FLAGGED = {  # SQLStorage::loadInstalledVersions, current and pending
@@ -99,7 +68,7 @@ _LOAD_FLAGGED = {  # SQLStorage::loadInstalledVersions, current and pending
     "is_pending": "SELECT sha256, name, hashes, length, correlation_id, custom_meta FROM "
     "installed_versions WHERE ecu_serial = ? AND is_pending = 1 LIMIT 1;",
 }
-_ANY_VERSION = -1  # Uptane::Version::ANY_VERSION: how storeNonRoot stores every non-root row
+ANY_VERSION = -1  # Uptane::Version::ANY_VERSION: how storeNonRoot stores every non-root row
 
 # Columns we read or write; a table lacking one is not a schema we know.
 _REQUIRED_COLUMNS: Mapping[str, frozenset[str]] = MappingProxyType(
@@ -192,73 +161,6 @@ class AkliteState:
         return out
 
 
-@dataclass(frozen=True)
-class AkTarget:
-    """A target as `saveInstalledVersion` stores it (an OSTree target's length is 0)."""
-
-    name: str
-    sha256: str
-    length: int = 0
-    hashes: Mapping[str, str] = field(default_factory=dict)  # algorithm -> hex; sha256 added
-    custom: Mapping[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_signed(cls, name: str, entry: Mapping[str, Any]) -> AkTarget:
-        """From a verified targets.json entry (`hashes`, `length`, `custom`)."""
-        hashes = entry.get("hashes")
-        hashes = hashes if isinstance(hashes, Mapping) else {}
-        sha256 = hashes.get("sha256")
-        if not isinstance(sha256, str) or not sha256:
-            raise ValueError(f"target {name!r} has no sha256 hash")
-        length = entry.get("length", 0)
-        custom = entry.get("custom")
-        return cls(
-            name=name,
-            sha256=sha256,
-            length=length if isinstance(length, int) and not isinstance(length, bool) else 0,
-            hashes={k: v for k, v in hashes.items() if isinstance(k, str) and isinstance(v, str)},
-            custom=custom if isinstance(custom, Mapping) else {},
-        )
-
-    def encoded_hashes(self) -> str:
-        """`Hash::encodeVector`: `type:hex` joined by `;`, sha256 always present."""
-        hashes = {k.lower(): v.lower() for k, v in self.hashes.items()}
-        hashes.setdefault("sha256", self.sha256.lower())
-        order = sorted(hashes, key=lambda k: (k != "sha256", k))
-        return ";".join(f"{k}:{hashes[k]}" for k in order if k in ("sha256", "sha512"))
-
-    def custom_meta(self) -> str:
-        """`Utils::jsonToCanonicalStr(custom)`: sorted keys, no spaces."""
-        return json.dumps(dict(self.custom), sort_keys=True, separators=(",", ":"))
-
-
-@dataclass(frozen=True)
-class TufUpdate:
-    """Verified Image-repo metadata to store: new roots (any order) and the top-level set."""
-
-    roots: Sequence[bytes] = ()
-    timestamp: Optional[bytes] = None
-    snapshot: Optional[bytes] = None
-    targets: Optional[bytes] = None
-
-
-class Mode(enum.Enum):
-    PENDING = "pending"  # kPending: installed, waits for the reboot and `run`
-    CURRENT = "current"  # kCurrent: `run` confirmed it
-    FAILED = "failed"  # kNone: a failing target, aktualizr-lite will not pick it again
-    ROLLBACK = "rollback"  # `failed` marked FAILED, the target back to CURRENT
-
-
-@dataclass(frozen=True)
-class Recorded:
-    """What `record_installed` did: `written` False means the database was left untouched."""
-
-    written: bool
-    reason: str = ""
-    roots_stored: tuple[int, ...] = ()
-    top_stored: bool = False
-
-
 # --------------------------------------------------------------------------- opening
 
 
@@ -266,7 +168,7 @@ def _uri(path: Path, mode: str) -> str:
     return f"{Path(path).absolute().as_uri()}?mode={mode}"
 
 
-def _connect(path: Path, mode: str, busy_timeout: float) -> sqlite3.Connection:
+def connect(path: Path, mode: str, busy_timeout: float) -> sqlite3.Connection:
     # isolation_level=None: we issue BEGIN/COMMIT ourselves (Python 3.9-3.13 alike).
     conn = sqlite3.connect(_uri(path, mode), uri=True, timeout=busy_timeout, isolation_level=None)
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
@@ -278,7 +180,7 @@ def _is_busy(exc: sqlite3.Error) -> bool:
     return "locked" in msg or "busy" in msg
 
 
-def _db_error(path: Path, what: str, exc: sqlite3.Error, busy_timeout: float) -> AkliteDbError:
+def db_error(path: Path, what: str, exc: sqlite3.Error, busy_timeout: float) -> AkliteDbError:
     if _is_busy(exc):
         return AkliteDbError(
             f"aktualizr-lite's database {path} is locked by another process "
@@ -287,7 +189,7 @@ def _db_error(path: Path, what: str, exc: sqlite3.Error, busy_timeout: float) ->
     return AkliteDbError(f"aktualizr-lite's database {path}: cannot {what}: {exc}")
 
 
-def _check_schema(conn: sqlite3.Connection) -> Union[int, Absent]:
+def check_schema(conn: sqlite3.Connection) -> Union[int, Absent]:
     """The schema version, or why this database is not one we know."""
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     if "version" not in tables:
@@ -312,7 +214,7 @@ def _check_schema(conn: sqlite3.Connection) -> Union[int, Absent]:
 def _read_schema(conn: sqlite3.Connection) -> Union[int, Absent]:
     conn.execute("BEGIN")
     try:
-        return _check_schema(conn)
+        return check_schema(conn)
     finally:
         conn.execute("COMMIT")
 
@@ -333,13 +235,13 @@ def _recover(path: Path, busy_timeout: float) -> None:
     """
     log.warning("aktualizr-lite's database %s: rolling back an interrupted transaction", path)
     try:
-        conn = _connect(path, "rw", busy_timeout)
+        conn = connect(path, "rw", busy_timeout)
         try:
             conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
         finally:
             conn.close()
     except sqlite3.Error as exc:
-        raise _db_error(path, "roll back an interrupted transaction", exc, busy_timeout) from None
+        raise db_error(path, "roll back an interrupted transaction", exc, busy_timeout) from None
 
 
 class ReadOnlyDb:
@@ -366,8 +268,8 @@ class ReadOnlyDb:
             "SELECT meta, version FROM meta WHERE repo = ? AND meta_type = ? ORDER BY version",
             (repo, ROLE_ROOT),
         ):
-            data = _as_bytes(raw)
-            v = version if isinstance(version, int) and version >= 0 else _signed_version(data)
+            data = as_bytes(raw)
+            v = version if isinstance(version, int) and version >= 0 else signed_version(data)
             if v is None:
                 log.warning("aktualizr-lite's database: a root of repo %d has no version", repo)
                 continue
@@ -379,13 +281,13 @@ class ReadOnlyDb:
         out = {}
         for role, role_id in TOP_ROLES.items():
             row = self._conn.execute(
-                _LOAD_NON_ROOT,
+                LOAD_NON_ROOT,
                 (repo, role_id),
             ).fetchone()
             if row is None:
                 continue
-            data = _as_bytes(row[0])
-            v = _signed_version(data)
+            data = as_bytes(row[0])
+            v = signed_version(data)
             if v is None:
                 log.warning("aktualizr-lite's database: its %s has no readable version", role)
                 continue
@@ -393,12 +295,12 @@ class ReadOnlyDb:
         return out
 
     def primary_serial(self) -> str:
-        return _primary_serial(self._conn)
+        return primary_serial(self._conn)
 
     def installed(self) -> tuple[Optional[InstalledVersion], Optional[InstalledVersion]]:
         """(current, pending) as `loadInstalledVersions` reads them for the primary ECU."""
         serial = self.primary_serial()
-        return _load_flagged(self._conn, serial, "is_current"), _load_flagged(
+        return load_flagged(self._conn, serial, "is_current"), load_flagged(
             self._conn, serial, "is_pending"
         )
 
@@ -424,24 +326,24 @@ def open_readonly(
     if not path.exists():
         return Absent(f"{path} does not exist")
     try:
-        conn = _connect(path, "ro", busy_timeout)
+        conn = connect(path, "ro", busy_timeout)
     except sqlite3.Error as exc:
         if not path.exists():  # removed between the check and the open
             return Absent(f"{path} does not exist")
-        raise _db_error(path, "open it", exc, busy_timeout) from None
+        raise db_error(path, "open it", exc, busy_timeout) from None
     try:
         checked = _read_schema(conn)
     except sqlite3.Error as exc:
         conn.close()
         if not _hot_journal(path, exc):
-            raise _db_error(path, "read its schema", exc, busy_timeout) from None
+            raise db_error(path, "read its schema", exc, busy_timeout) from None
         _recover(path, busy_timeout)
         try:
-            conn = _connect(path, "ro", busy_timeout)
+            conn = connect(path, "ro", busy_timeout)
             checked = _read_schema(conn)
         except sqlite3.Error as exc2:
             conn.close()
-            raise _db_error(path, "read its schema", exc2, busy_timeout) from None
+            raise db_error(path, "read its schema", exc2, busy_timeout) from None
     if isinstance(checked, Absent):
         conn.close()
         absent = Absent(f"aktualizr-lite's database {path} is ignored: {checked.reason}")
@@ -463,7 +365,7 @@ def read_state(path: Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> Aklite
                 director = db.roots(DIRECTOR_REPO)
                 current, pending = db.installed()
         except sqlite3.Error as exc:
-            raise _db_error(db.path, "read it", exc, busy_timeout) from None
+            raise db_error(db.path, "read it", exc, busy_timeout) from None
         return AkliteState(
             available=True,
             schema_version=db.schema_version,
@@ -478,7 +380,7 @@ def read_state(path: Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> Aklite
 # --------------------------------------------------------------------------- helpers
 
 
-def _as_bytes(value: Any) -> bytes:
+def as_bytes(value: Any) -> bytes:
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):
@@ -486,7 +388,7 @@ def _as_bytes(value: Any) -> bytes:
     return b""
 
 
-def _signed_version(raw: bytes) -> Optional[int]:
+def signed_version(raw: bytes) -> Optional[int]:
     """`signed.version` of a metadata document, unverified (`extractVersionUntrusted`)."""
     try:
         doc = json.loads(raw)
@@ -499,7 +401,7 @@ def _signed_version(raw: bytes) -> Optional[int]:
     return None
 
 
-def _primary_serial(conn: sqlite3.Connection) -> str:
+def primary_serial(conn: sqlite3.Connection) -> str:
     row = conn.execute("SELECT serial FROM ecus WHERE is_primary = 1;").fetchone()
     return row[0] if row is not None and isinstance(row[0], str) else ""
 
@@ -514,7 +416,7 @@ def _decode_hashes(encoded: str, sha256: str) -> dict[str, str]:
     return out
 
 
-def _load_flagged(conn: sqlite3.Connection, serial: str, flag: str) -> Optional[InstalledVersion]:
+def load_flagged(conn: sqlite3.Connection, serial: str, flag: str) -> Optional[InstalledVersion]:
     row = conn.execute(_LOAD_FLAGGED[flag], (serial,)).fetchone()
     if row is None:
         return None
@@ -535,224 +437,3 @@ def _load_flagged(conn: sqlite3.Connection, serial: str, flag: str) -> Optional[
         custom=custom,
         correlation_id=str(correlation_id or ""),
     )
-
-
-# --------------------------------------------------------------------------- writing
-
-_KIND = {Mode.PENDING: "pending", Mode.CURRENT: "current", Mode.FAILED: "none"}
-
-
-def _save_installed_version(
-    conn: sqlite3.Connection, serial: str, target: AkTarget, kind: str, correlation_id: str
-) -> None:
-    """`SQLStorage::saveInstalledVersion` for the primary ECU: update the last row or add one."""
-    last = conn.execute(
-        "SELECT id, sha256, name, was_installed FROM installed_versions WHERE ecu_serial = ? "
-        "ORDER BY id DESC LIMIT 1;",
-        (serial,),
-    ).fetchone()
-    old_id: Optional[int] = None
-    old_was_installed = False
-    if last is not None and last[1] == target.sha256 and last[2] == target.name:
-        old_id, old_was_installed = int(last[0]), last[3] == 1
-    if kind == "current":
-        conn.execute(
-            "UPDATE installed_versions SET is_current = 0, is_pending = 0 WHERE ecu_serial = ?",
-            (serial,),
-        )
-    elif kind == "pending":
-        conn.execute("UPDATE installed_versions SET is_pending = 0 WHERE ecu_serial = ?", (serial,))
-    current, pending = int(kind == "current"), int(kind == "pending")
-    if old_id is not None:
-        conn.execute(
-            "UPDATE installed_versions SET correlation_id = ?, is_current = ?, is_pending = ?, "
-            "was_installed = ? WHERE id = ?;",
-            (correlation_id, current, pending, int(current == 1 or old_was_installed), old_id),
-        )
-    else:
-        conn.execute(
-            "INSERT INTO installed_versions(ecu_serial, sha256, name, hashes, length, custom_meta, "
-            "correlation_id, is_current, is_pending, was_installed) VALUES (?,?,?,?,?,?,?,?,?,?);",
-            (
-                serial,
-                target.sha256,
-                target.name,
-                target.encoded_hashes(),
-                target.length,
-                target.custom_meta(),
-                correlation_id,
-                current,
-                pending,
-                current,
-            ),
-        )
-
-
-def _store_metadata(conn: sqlite3.Connection, meta: TufUpdate) -> tuple[tuple[int, ...], bool]:
-    """storeRoot/clearNonRootMeta/storeNonRoot for the Image repo; never moves a floor back."""
-    row = conn.execute(
-        "SELECT MAX(version) FROM meta WHERE repo = ? AND meta_type = ?", (IMAGE_REPO, ROLE_ROOT)
-    ).fetchone()
-    newest = row[0] if row is not None and isinstance(row[0], int) else -1
-    stored_roots: list[int] = []
-    new_roots: dict[int, bytes] = {}
-    for raw in meta.roots:
-        v = _signed_version(raw)
-        if v is None:
-            raise ValueError("a root to store has no signed.version")
-        new_roots[v] = raw
-    for v in sorted(new_roots):
-        if v <= newest:
-            continue  # aktualizr fetches only roots newer than its newest; never replace one
-        conn.execute(
-            "DELETE FROM meta WHERE (repo=? AND meta_type=? AND version=?);",
-            (IMAGE_REPO, ROLE_ROOT, v),
-        )
-        conn.execute(
-            "INSERT INTO meta(meta, repo, meta_type, version) VALUES (?, ?, ?, ?);",
-            (sqlite3.Binary(new_roots[v]), IMAGE_REPO, ROLE_ROOT, v),
-        )
-        conn.execute(
-            "DELETE FROM meta WHERE (repo=? AND meta_type != 0);", (IMAGE_REPO,)
-        )  # updateRoot: clearNonRootMeta after each new root
-        stored_roots.append(v)
-        newest = v
-
-    given = {
-        role: raw
-        for role, raw in (
-            ("timestamp", meta.timestamp),
-            ("snapshot", meta.snapshot),
-            ("targets", meta.targets),
-        )
-        if raw is not None
-    }
-    if not given:
-        return tuple(stored_roots), False
-    versions: dict[str, int] = {}
-    for role, raw in given.items():
-        v = _signed_version(raw)
-        if v is None:
-            raise ValueError(f"the {role} to store has no signed.version")
-        versions[role] = v
-        old = conn.execute(
-            _LOAD_NON_ROOT,
-            (IMAGE_REPO, TOP_ROLES[role]),
-        ).fetchone()
-        old_v = _signed_version(_as_bytes(old[0])) if old is not None else None
-        if old_v is not None and old_v > v:
-            log.info(
-                "aktualizr-lite's database holds a newer %s (v%d > v%d): its metadata is kept",
-                role,
-                old_v,
-                v,
-            )
-            return tuple(stored_roots), False
-    for role, raw in given.items():
-        conn.execute(
-            "DELETE FROM meta WHERE (repo=? AND meta_type=?);", (IMAGE_REPO, TOP_ROLES[role])
-        )
-        conn.execute(
-            "INSERT INTO meta(meta, repo, meta_type, version) VALUES (?, ?, ?, ?);",
-            (sqlite3.Binary(raw), IMAGE_REPO, TOP_ROLES[role], _ANY_VERSION),
-        )
-    return tuple(stored_roots), True
-
-
-def _already_recorded(conn: sqlite3.Connection, serial: str, target: AkTarget, mode: Mode) -> bool:
-    """The rows already say what `mode` would make them say (a re-run after a kill).
-
-    saveInstalledVersion appends a row whenever the last row is another target, so writing a
-    rollback (failed, then target) twice would append rows again; this keeps re-runs no-ops.
-    """
-
-    def same(row: Optional[InstalledVersion]) -> bool:
-        return row is not None and row.name == target.name and row.sha256 == target.sha256
-
-    pending = _load_flagged(conn, serial, "is_pending")
-    if mode is Mode.PENDING:
-        return same(pending)
-    if mode in (Mode.CURRENT, Mode.ROLLBACK):
-        return pending is None and same(_load_flagged(conn, serial, "is_current"))
-    return False  # FAILED updates the target's own last row: idempotent as it is
-
-
-def _apply(
-    conn: sqlite3.Connection,
-    target: AkTarget,
-    mode: Mode,
-    failed: Optional[AkTarget],
-    metadata: Optional[TufUpdate],
-    correlation_id: str,
-) -> tuple[tuple[int, ...], bool]:
-    serial = _primary_serial(conn)
-    if _already_recorded(conn, serial, target, mode):
-        log.info("aktualizr-lite's database already records %s as %s", target.name, mode.value)
-    else:
-        if failed is not None:
-            _save_installed_version(conn, serial, failed, "none", correlation_id)
-        kind = "current" if mode is Mode.ROLLBACK else _KIND[mode]
-        _save_installed_version(conn, serial, target, kind, correlation_id)
-    if metadata is None:
-        return (), False
-    return _store_metadata(conn, metadata)
-
-
-def record_installed(
-    path: Path,
-    target: AkTarget,
-    mode: Mode,
-    *,
-    failed: Optional[AkTarget] = None,
-    metadata: Optional[TufUpdate] = None,
-    correlation_id: str = "",
-    busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
-) -> Recorded:
-    """Record `target` (and `failed`, and `metadata`) the way aktualizr-lite would, atomically.
-
-    The caller holds the aklite lock. A missing database or an unknown schema is left alone
-    (`Recorded(False, reason)`, logged); busy past `busy_timeout` or an SQLite failure raises
-    `AkliteDbError` with the database unchanged.
-    """
-    if mode is Mode.ROLLBACK and failed is None:
-        raise ValueError("Mode.ROLLBACK needs the failed target")
-    path = Path(path)
-    if not path.exists():
-        return Recorded(False, f"{path} does not exist")
-    try:
-        conn = _connect(path, "rw", busy_timeout)
-    except sqlite3.Error as exc:
-        if not path.exists():
-            return Recorded(False, f"{path} does not exist")
-        raise _db_error(path, "open it for writing", exc, busy_timeout) from None
-    started = time.monotonic()
-    try:
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise _db_error(path, "start a write", exc, busy_timeout) from None
-        try:
-            checked = _check_schema(conn)
-            if isinstance(checked, Absent):
-                conn.execute("ROLLBACK")
-                reason = f"aktualizr-lite's database {path} is not updated: {checked.reason}"
-                log.warning("%s", reason)
-                return Recorded(False, reason)
-            roots, top = _apply(conn, target, mode, failed, metadata, correlation_id)
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise _db_error(path, "update it", exc, busy_timeout) from None
-            raise
-    finally:
-        conn.close()
-    log.info(
-        "aktualizr-lite's database: %s recorded as %s%s (%.0f ms)",
-        target.name,
-        mode.value,
-        f", {failed.name} as failing" if failed is not None else "",
-        (time.monotonic() - started) * 1000,
-    )
-    return Recorded(True, "", roots, top)

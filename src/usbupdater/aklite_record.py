@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from usbupdater import aklite_db, log
-from usbupdater.aklite_db import Mode
+from usbupdater import aklite_write, log
+from usbupdater.aklite_write import Mode
 from usbupdater.config import Config
 from usbupdater.errors import UpdaterError
 from usbupdater.state import TargetRecord
@@ -36,16 +36,16 @@ __all__ = ["Mode", "record"]
 logger = log.get_logger("aklite-db")
 
 
-def _target(t: TargetRecord) -> aklite_db.AkTarget:
+def _target(t: TargetRecord) -> aklite_write.AkTarget:
     """An OSTree target as aktualizr-lite stores it: length 0, the commit as its sha256."""
-    return aklite_db.AkTarget(t.name, t.sha256, 0, {"sha256": t.sha256}, dict(t.custom))
+    return aklite_write.AkTarget(t.name, t.sha256, 0, {"sha256": t.sha256}, dict(t.custom))
 
 
-def _metadata(cfg: Config) -> aklite_db.TufUpdate:
+def _metadata(cfg: Config) -> aklite_write.TufUpdate:
     """The verified metadata usbupdater trusts now (its store holds only verified documents)."""
     docs = trust_store.load_docs(store_dir(cfg))
     top = {role: canonical(doc) for role, doc in docs.top.items()}
-    return aklite_db.TufUpdate(
+    return aklite_write.TufUpdate(
         roots=[canonical(doc) for _, doc in sorted(docs.roots.items())],
         timestamp=top.get("timestamp"),
         snapshot=top.get("snapshot"),
@@ -64,7 +64,7 @@ def record(
     if not path.exists():
         return False
     try:
-        done = aklite_db.record_installed(
+        done = aklite_write.record_installed(
             path,
             _target(target),
             mode,

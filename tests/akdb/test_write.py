@@ -26,8 +26,9 @@ from tests.akdb.conftest import (
     rows,
     store_online,
 )
-from usbupdater import aklite_db
-from usbupdater.aklite_db import AkliteDbError, AkTarget, Mode, TufUpdate
+from usbupdater import aklite_db, aklite_write
+from usbupdater.aklite_db import AkliteDbError
+from usbupdater.aklite_write import AkTarget, Mode, TufUpdate
 
 OLD = AkTarget("intel-corei7-64-lmp-10", "a" * 64, custom={"version": "10"})
 NEW = AkTarget.from_signed(
@@ -49,14 +50,14 @@ def _dump(path: Path) -> list[str]:
 
 
 def test_install_pending_then_run_current(db: Path) -> None:
-    rec = aklite_db.record_installed(db, NEW, Mode.PENDING)
+    rec = aklite_write.record_installed(db, NEW, Mode.PENDING)
     assert rec.written
     pending = aklite_pending(db)
     assert pending is not None and pending["name"] == NEW.name
     current = aklite_current(db)
     assert current is not None and current["name"] == OLD.name  # still running the old one
 
-    aklite_db.record_installed(db, NEW, Mode.CURRENT)
+    aklite_write.record_installed(db, NEW, Mode.CURRENT)
     current = aklite_current(db)
     assert current is not None
     assert (current["name"], current["sha256"]) == (NEW.name, "c" * 64)
@@ -76,13 +77,13 @@ def test_install_pending_then_run_current(db: Path) -> None:
 
 def test_current_without_pending_adds_a_row(db: Path) -> None:
     """An apps-only update confirmed at once: aktualizr-lite's kCurrent inserts the row."""
-    aklite_db.record_installed(db, NEW, Mode.CURRENT)
+    aklite_write.record_installed(db, NEW, Mode.CURRENT)
     assert rows(db) == [(OLD.name, 0, 0, 1), (NEW.name, 1, 0, 1)]
 
 
 def test_boot_rollback_names_the_old_target_and_marks_the_new_failing(db: Path) -> None:
-    aklite_db.record_installed(db, NEW, Mode.PENDING)
-    aklite_db.record_installed(db, OLD, Mode.ROLLBACK, failed=NEW)
+    aklite_write.record_installed(db, NEW, Mode.PENDING)
+    aklite_write.record_installed(db, OLD, Mode.ROLLBACK, failed=NEW)
     current = aklite_current(db)
     assert current is not None
     assert (current["name"], current["sha256"]) == (OLD.name, "a" * 64)
@@ -94,21 +95,21 @@ def test_boot_rollback_names_the_old_target_and_marks_the_new_failing(db: Path) 
 
 
 def test_apps_failure_redeploy_keeps_old_pending_until_reboot(db: Path) -> None:
-    aklite_db.record_installed(db, NEW, Mode.PENDING)
-    aklite_db.record_installed(db, NEW, Mode.CURRENT)  # booted fine...
+    aklite_write.record_installed(db, NEW, Mode.PENDING)
+    aklite_write.record_installed(db, NEW, Mode.CURRENT)  # booted fine...
     # ...then a later run finds its apps broken: redeploy OLD, reboot, run
-    aklite_db.record_installed(db, OLD, Mode.PENDING, failed=NEW)
+    aklite_write.record_installed(db, OLD, Mode.PENDING, failed=NEW)
     pending = aklite_pending(db)
     assert pending is not None and pending["name"] == OLD.name
-    aklite_db.record_installed(db, OLD, Mode.CURRENT)
+    aklite_write.record_installed(db, OLD, Mode.CURRENT)
     current = aklite_current(db)
     assert current is not None and current["name"] == OLD.name
     assert aklite_pending(db) is None
 
 
 def test_failed_without_rollback_target(db: Path) -> None:
-    aklite_db.record_installed(db, NEW, Mode.PENDING)
-    aklite_db.record_installed(db, NEW, Mode.FAILED)
+    aklite_write.record_installed(db, NEW, Mode.PENDING)
+    aklite_write.record_installed(db, NEW, Mode.FAILED)
     assert aklite_pending(db) is None
     current = aklite_current(db)
     assert current is not None and current["name"] == OLD.name
@@ -129,16 +130,16 @@ def test_a_repeated_record_is_a_no_op(
     db: Path, mode: Mode, target: AkTarget, failed: AkTarget | None
 ) -> None:
     """A `run` killed after its database write and re-run records the same outcome again."""
-    aklite_db.record_installed(db, NEW, Mode.PENDING)
-    aklite_db.record_installed(db, target, mode, failed=failed)
+    aklite_write.record_installed(db, NEW, Mode.PENDING)
+    aklite_write.record_installed(db, target, mode, failed=failed)
     once = _dump(db)
-    aklite_db.record_installed(db, target, mode, failed=failed)
+    aklite_write.record_installed(db, target, mode, failed=failed)
     assert _dump(db) == once
 
 
 def test_rollback_needs_the_failed_target(db: Path) -> None:
     with pytest.raises(ValueError, match="failed target"):
-        aklite_db.record_installed(db, OLD, Mode.ROLLBACK)
+        aklite_write.record_installed(db, OLD, Mode.ROLLBACK)
 
 
 def test_root_rotation_and_new_metadata_stored_like_sqlstorage(db: Path) -> None:
@@ -148,7 +149,7 @@ def test_root_rotation_and_new_metadata_stored_like_sqlstorage(db: Path) -> None
         snapshot=meta_doc("snapshot", 9),
         targets=meta_doc("targets", 9),
     )
-    rec = aklite_db.record_installed(db, NEW, Mode.CURRENT, metadata=meta)
+    rec = aklite_write.record_installed(db, NEW, Mode.CURRENT, metadata=meta)
     assert rec.roots_stored == (3, 4) and rec.top_stored
     assert load_latest_root(db) == meta_doc("root", 4)
     assert load_non_root(db, 2) == meta_doc("targets", 9)
@@ -167,7 +168,7 @@ def test_root_rotation_and_new_metadata_stored_like_sqlstorage(db: Path) -> None
 
 
 def test_new_root_without_top_level_clears_it_as_update_root_does(db: Path) -> None:
-    aklite_db.record_installed(
+    aklite_write.record_installed(
         db, NEW, Mode.CURRENT, metadata=TufUpdate(roots=(meta_doc("root", 3),))
     )
     assert meta_rows(db) == [(0, 1, 1), (0, 2, 2), (0, 3, 3)]
@@ -182,7 +183,7 @@ def test_older_metadata_never_lowers_the_floors(db: Path) -> None:
         snapshot=meta_doc("snapshot", 6),
         targets=meta_doc("targets", 4),  # one role older: nothing of the set is stored
     )
-    rec = aklite_db.record_installed(db, NEW, Mode.CURRENT, metadata=meta)
+    rec = aklite_write.record_installed(db, NEW, Mode.CURRENT, metadata=meta)
     assert rec.written and rec.roots_stored == () and not rec.top_stored
     assert meta_rows(db) == before
     current = aklite_current(db)
@@ -204,7 +205,7 @@ def test_unknown_schema_is_never_written(tmp_path: Path, version: int) -> None:
     conn.commit()
     conn.close()
     before = _file_state(path)
-    rec = aklite_db.record_installed(
+    rec = aklite_write.record_installed(
         path, NEW, Mode.CURRENT, metadata=TufUpdate(roots=(meta_doc("root", 3),))
     )
     assert not rec.written and f"schema version {version}" in rec.reason
@@ -214,7 +215,7 @@ def test_unknown_schema_is_never_written(tmp_path: Path, version: int) -> None:
 
 def test_missing_database_is_never_created(tmp_path: Path) -> None:
     path = tmp_path / "sql.db"
-    rec = aklite_db.record_installed(path, NEW, Mode.CURRENT)
+    rec = aklite_write.record_installed(path, NEW, Mode.CURRENT)
     assert not rec.written and "does not exist" in rec.reason
     assert list(tmp_path.iterdir()) == []
 
@@ -237,7 +238,7 @@ def test_locked_database_bounded_wait_then_error_unchanged(db: Path) -> None:
         assert ready.wait(5)
         t0 = time.monotonic()
         with pytest.raises(AkliteDbError, match="locked by another process"):
-            aklite_db.record_installed(db, NEW, Mode.CURRENT, busy_timeout=0.3)
+            aklite_write.record_installed(db, NEW, Mode.CURRENT, busy_timeout=0.3)
         assert 0.25 <= time.monotonic() - t0 < 3
     finally:
         release.set()
@@ -255,9 +256,9 @@ def test_exception_midway_leaves_the_database_unchanged(
         assert conn.execute("SELECT count(*) FROM installed_versions").fetchone()[0] == 2
         raise OSError("simulated failure")
 
-    monkeypatch.setattr(aklite_db, "_store_metadata", boom)
+    monkeypatch.setattr(aklite_write, "_store_metadata", boom)
     with pytest.raises(OSError, match="simulated"):
-        aklite_db.record_installed(
+        aklite_write.record_installed(
             db, NEW, Mode.ROLLBACK, failed=OLD, metadata=TufUpdate(roots=(meta_doc("root", 3),))
         )
     assert _dump(db) == before
@@ -271,15 +272,15 @@ def test_process_killed_midway_leaves_the_committed_state(db: Path) -> None:
         f"""
         import os
         from pathlib import Path
-        from usbupdater import aklite_db
-        from usbupdater.aklite_db import AkTarget, Mode, TufUpdate
+        from usbupdater import aklite_db, aklite_write
+        from usbupdater.aklite_write import AkTarget, Mode, TufUpdate
 
         def die(conn, meta):
             conn.execute("PRAGMA cache_spill = 1")
             os._exit(9)
 
-        aklite_db._store_metadata = die
-        aklite_db.record_installed(
+        aklite_write._store_metadata = die
+        aklite_write.record_installed(
             Path({str(db)!r}), AkTarget("t-12", "d" * 64), Mode.CURRENT,
             metadata=TufUpdate(roots=()),
         )
