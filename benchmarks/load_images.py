@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 from usbupdater.apps import engine
-from usbupdater.apps.store import AppStore, CopyingSource, content_from_verified
+from usbupdater.apps.copying import CopyingSource
+from usbupdater.apps.store import AppStore, content_from_verified
 from usbupdater.apps.verify import verify_apps
 from usbupdater.sim.apps import AppSpec, ServiceSpec, machine_arch, write_apps
 from usbupdater.sim.dockerd import PrivateDockerd

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Optional
 
-from usbupdater.apps.verify import BlobSource, VerifiedApp, verify_apps
+from usbupdater.apps.model import BlobSource, VerifiedApp
+from usbupdater.apps.verify import verify_apps
 from usbupdater.bundle import Bundle
 from usbupdater.config import Config
 from usbupdater.errors import ExitCode, UpdaterError

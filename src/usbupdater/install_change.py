@@ -106,7 +106,8 @@ def change_device(dev: Device, ci: CheckIn, bundle: Any, rootfs_changed: bool) -
     """
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    from usbupdater.apps.store import CopyingSource, content_from_verified
+    from usbupdater.apps.copying import CopyingSource
+    from usbupdater.apps.store import content_from_verified
     from usbupdater.checkin import verify_content
 
     assert ci.selection.selected is not None

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from usbupdater.apps import engine
+from usbupdater.apps.copying import CopyingSource
 from usbupdater.apps.runner import AppsContext, AppStartError, restore_apps, run_apps
-from usbupdater.apps.store import AppContent, AppStore, CopyingSource, content_from_verified
+from usbupdater.apps.store import AppContent, AppStore, content_from_verified
 from usbupdater.apps.streams import Gunzip
 from usbupdater.apps.verify import verify_apps
 from usbupdater.errors import VerificationError

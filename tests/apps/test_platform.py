@@ -8,7 +8,8 @@ from typing import Any, Optional
 
 import pytest
 
-from usbupdater.apps.verify import _Verifier, match_platform, normalize_platform
+from usbupdater.apps.platform import match_platform, normalize_platform
+from usbupdater.apps.verify import _Verifier
 from usbupdater.errors import VerificationError
 from usbupdater.hostinfo import docker_platform
 

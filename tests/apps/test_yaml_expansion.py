@@ -7,7 +7,7 @@ import time
 
 import yaml
 
-from usbupdater.apps.verify import MAX_COMPOSE_NODES, expanded_nodes
+from usbupdater.apps.project import MAX_COMPOSE_NODES, expanded_nodes
 
 
 def laughs(levels: int) -> str:

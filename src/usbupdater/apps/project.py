@@ -14,6 +14,7 @@ app that usbupdater looks containers up by; a clear refusal is safer than that m
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from usbupdater.apps.members import COMPOSE_FILE
 from usbupdater.errors import VerificationError
@@ -67,3 +68,37 @@ def check_bundle_member(app: str, name: str) -> None:
             f"app {app}: bundle has {name}, which compose would read besides {COMPOSE_FILE} and"
             f" the {OVERRIDE_FILE} usbupdater writes (bundles hold one compose file)"
         )
+
+
+MAX_COMPOSE_NODES = 100_000  # a real compose file has a few hundred
+
+
+def expanded_nodes(doc: Any, limit: int) -> int:
+    """How many nodes `doc` has once every alias is expanded (counting stops past `limit`).
+
+    Sizes are memoised per shared object, so a structure of exponential expanded size is
+    measured in time linear in its distinct nodes.
+    """
+    sizes: dict[int, int] = {}
+
+    def size(node: Any, depth: int) -> int:
+        if depth > 200:  # deeper than any compose file; also keeps recursion bounded
+            return limit + 1
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        total = 1
+        children: Any = ()
+        if isinstance(node, dict):
+            children = [*node.keys(), *node.values()]
+        elif isinstance(node, list):
+            children = node
+        for child in children:
+            total += size(child, depth + 1)
+            if total > limit:
+                break
+        if isinstance(node, (dict, list)):
+            sizes[key] = total
+        return total
+
+    return size(doc, 0)

@@ -6,19 +6,14 @@ images for which services), so `run` and a rollback can load and start the app w
 and without parsing anything again. The record is written last: an app directory without it is
 an unfinished copy and is not taken as present.
 
-Every blob is copied from the stick through a temporary file whose bytes are hashed as they are
-read (each byte of the stick is read once), and renamed into place only when size and digest
-match; a blob already in the store (right name and size) is skipped. Blobs are read back through
-`read_verified`, which withholds the last chunk of a blob whose digest does not match, so a blob
-corrupted on the device never reaches the engine whole.
+Blobs come from the stick through `apps.copying` (hashed while copied, renamed into place only
+when they match) and are read back through `read_verified`, which withholds the last chunk of a
+blob whose digest does not match. Pruning is `apps.store_prune`.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import io
-import itertools
 import json
 import os
 import re
@@ -29,12 +24,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Optional, Union
 
 from usbupdater import safeio
-from usbupdater.apps.verify import BlobSource
+from usbupdater.apps.model import BlobSource
 from usbupdater.errors import ContentMissingError, NoSpaceError, VerificationError
 from usbupdater.fsutil import PathLike, atomic_write, fsync_dir, makedirs_durable
 
 if TYPE_CHECKING:
-    from usbupdater.apps.verify import VerifiedApp
+    from usbupdater.apps.model import VerifiedApp
 
 CHUNK = 1 << 20
 RECORD = "usbupdater-app.json"
@@ -45,16 +40,14 @@ VERIFIED_ONLY = "usbupdater-verified-only"
 # percentage of its size; the rest stays free (for logs, databases, the engine). Clamped 20..95.
 DEFAULT_STORAGE_WATERMARK = 80
 STORAGE_WATERMARK_RANGE = (20, 95)
-_HEX = re.compile(r"^[0-9a-f]{64}$")
-_TMP_PREFIX = ".tmp-"
-_SCAN_LIMIT = 4 << 20  # manifests, indexes, configs: what names other blobs
-_DIGEST_IN_TEXT = re.compile(rb"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])")
+HEX = re.compile(r"^[0-9a-f]{64}$")
+TMP_PREFIX = ".tmp-"
 
 
 def hex_of(digest: str) -> str:
     """The hex part of "sha256:<hex>", refusing anything else (names built from it are paths)."""
     algo, _, hexpart = digest.partition(":")
-    if algo != "sha256" or not _HEX.match(hexpart):
+    if algo != "sha256" or not HEX.match(hexpart):
         raise VerificationError(f"unsupported or malformed digest {digest!r}")
     return hexpart
 
@@ -174,7 +167,7 @@ class DirSource:
         self.apps_dir = apps_dir
 
     def open_blob(self, hexdigest: str, max_size: int) -> BinaryIO:
-        if not _HEX.match(hexdigest):
+        if not HEX.match(hexdigest):
             raise safeio.UnsafePathError(hexdigest, "is not a sha256 hex digest")
         fd = safeio.open_root(self.apps_dir)
         try:
@@ -313,7 +306,7 @@ class AppStore:
             raise ContentMissingError(f"blob {blob.digest} is missing from the bundle") from None
         except safeio.UnsafePathError as exc:
             raise VerificationError(f"bundle blob {blob.digest}: {exc.reason}") from None
-        tmp = self.blob_dir / f"{_TMP_PREFIX}{blob.hex}.{os.getpid()}"
+        tmp = self.blob_dir / f"{TMP_PREFIX}{blob.hex}.{os.getpid()}"
         try:
             with src, open(tmp, "wb") as out:
                 h, done = hashlib.sha256(), 0
@@ -344,14 +337,6 @@ class AppStore:
     def has_app(self, app: AppContent) -> bool:
         """The record exists (written last) and every blob is present."""
         return (self.app_dir(app) / RECORD).is_file() and all(self.has_blob(b) for b in app.blobs)
-
-    def missing_bytes(self, apps: Iterable[AppContent]) -> int:
-        need: dict[str, int] = {}
-        for app in apps:
-            for b in app.blobs:
-                if not self.has_blob(b):
-                    need[b.digest] = b.size
-        return sum(need.values())
 
     def add_apps(
         self,
@@ -398,7 +383,7 @@ class AppStore:
         for name, blob in (("manifest.json", app.manifest), (f"{app.bundle.hex}.tgz", app.bundle)):
             target = d / name
             if not target.exists():
-                tmp = d / f"{_TMP_PREFIX}{name}"
+                tmp = d / f"{TMP_PREFIX}{name}"
                 tmp.unlink(missing_ok=True)
                 os.link(self.blob_path(blob), tmp)  # same bytes, no extra space
                 os.replace(tmp, target)
@@ -454,172 +439,7 @@ class AppStore:
         return found
 
     def prune(self, keep: Iterable[tuple[str, str]], keep_names: Iterable[str] = ()) -> list[str]:
-        """Remove what usbupdater added and no kept app needs; never what others put here.
+        """Remove what usbupdater added and no kept app needs (`store_prune.prune_store`)."""
+        from usbupdater.apps.store_prune import prune_store
 
-        The store is shared with aktualizr-lite (its restorable apps, the image's preloaded
-        apps), so only app versions with usbupdater's record (`usbupdater-app.json`) that are
-        not in `keep` ((name, uri) pairs: the current and the rollback target's apps) and whose
-        name is not in `keep_names` (`[pacman] reset_apps`) are removed, and only blobs some
-        record of usbupdater names, that no remaining record needs and that no remaining app
-        version without a record can reach (its files, then the small blobs they name, scanned
-        for digests). Blobs nobody's record names are someone else's: kept. Call only after a
-        successful `run`. Returns the digests removed.
-        """
-        keep_set, names = set(keep), set(keep_names)
-        ours: set[str] = set()  # digests some usbupdater record names
-        needed: set[str] = set()  # digests a remaining recorded app needs
-        foreign: list[Path] = []  # remaining app versions without a usable record
-        for name, ver in self._versions():
-            uri_file = ver / "uri"
-            uri = uri_file.read_text() if uri_file.is_file() else ""
-            app = None if (ver / VERIFIED_ONLY).exists() else self._record(ver)
-            if app is not None:
-                ours.update(b.digest for b in app.blobs)
-            if app is not None and (name, uri) not in keep_set and name not in names:
-                shutil.rmtree(ver)
-                if not any(ver.parent.iterdir()):
-                    ver.parent.rmdir()
-                continue
-            if app is not None:
-                needed.update(b.digest for b in app.blobs)
-            else:
-                foreign.append(ver)
-        needed |= self._reachable(foreign)
-        removed = []
-        if self.blob_dir.is_dir():
-            for p in self.blob_dir.iterdir():
-                digest = "sha256:" + p.name
-                if p.name.startswith(_TMP_PREFIX):
-                    p.unlink()
-                elif digest in ours and digest not in needed:
-                    p.unlink()
-                    removed.append(digest)
-            fsync_dir(self.blob_dir)
-        return removed
-
-    def _versions(self) -> list[tuple[str, Path]]:
-        apps_dir = self.root / "apps"
-        if not apps_dir.is_dir():
-            return []
-        out: list[tuple[str, Path]] = []
-        for name_dir in sorted(apps_dir.iterdir()):
-            if name_dir.is_dir() and not name_dir.is_symlink():
-                out.extend((name_dir.name, v) for v in sorted(name_dir.iterdir()) if v.is_dir())
-        return out
-
-    @staticmethod
-    def _record(ver: Path) -> Optional[AppContent]:
-        try:
-            return AppContent.from_json(json.loads((ver / RECORD).read_bytes()))
-        except (OSError, ValueError, KeyError, TypeError, VerificationError):
-            return None
-
-    def _reachable(self, roots: Iterable[Path]) -> set[str]:
-        """Digests named by the files under `roots`, and by the small blobs those name."""
-        seen: set[str] = set()
-        todo: list[Path] = []
-        for root in roots:
-            todo.extend(p for p in root.rglob("*") if p.is_file() and not p.is_symlink())
-        while todo:
-            path = todo.pop()
-            try:
-                if path.stat().st_size > _SCAN_LIMIT:
-                    continue  # layers and bundles: archives, they name no blobs
-                text = path.read_bytes()
-            except OSError:
-                continue
-            for m in _DIGEST_IN_TEXT.finditer(text):
-                hexdigest = m.group(0).decode()
-                if "sha256:" + hexdigest not in seen:
-                    seen.add("sha256:" + hexdigest)
-                    todo.append(self.blob_dir / hexdigest)
-        return seen
-
-
-_counter = itertools.count()
-
-
-class _TeeReader(io.RawIOBase):
-    """Reads a stick blob for the verifier and writes the same bytes to a store temp file; on
-    close the temp file becomes the blob only if what was read hashes to the blob's digest."""
-
-    def __init__(self, src: BinaryIO, store: AppStore, hexdigest: str, created: list[str]) -> None:
-        self._src, self._store, self._hex = src, store, hexdigest
-        self._created = created
-        self._tmp = store.blob_dir / f"{_TMP_PREFIX}{hexdigest}.{os.getpid()}.{next(_counter)}"
-        self._out = open(self._tmp, "wb")  # noqa: SIM115 - closed in close()
-        self._sha = hashlib.sha256()
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        n = self._src.readinto(b)  # type: ignore[attr-defined]
-        if n:
-            view = memoryview(b)[:n]
-            self._sha.update(view)
-            try:
-                self._out.write(view)
-            except OSError as exc:
-                if exc.errno == errno.ENOSPC:
-                    raise NoSpaceError(f"app store {self._store.root}: no space left") from None
-                raise
-        return int(n or 0)
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        try:
-            self._src.close()
-            complete = self._sha.hexdigest() == self._hex
-            if complete:
-                self._out.flush()
-                os.fsync(self._out.fileno())
-            self._out.close()
-            if complete:
-                os.replace(self._tmp, self._store.blob_dir / self._hex)
-                self._created.append(self._hex)
-            else:
-                self._tmp.unlink(missing_ok=True)
-        finally:
-            self._tmp.unlink(missing_ok=True)
-            super().close()
-
-
-class CopyingSource:
-    """A BlobSource for verification that fills the store as a side effect.
-
-    Every blob the verifier reads from the stick is written to a store temp file in the same
-    pass (each byte of the stick read once) and committed when its bytes hash right; blobs the
-    store already has are served from the store instead (the verifier still checks them).
-    """
-
-    def __init__(self, source: Union[BlobSource, PathLike], store: AppStore) -> None:
-        self.source = as_source(source)
-        self.store = store
-        self.created: list[str] = []  # hex digests this source added to the store
-        makedirs_durable(store.blob_dir)
-
-    def discard_created(self) -> None:
-        """Remove the blobs this source added (an install that is refused changes nothing)."""
-        for hexdigest in self.created:
-            (self.store.blob_dir / hexdigest).unlink(missing_ok=True)
-        if self.created:
-            fsync_dir(self.store.blob_dir)
-        self.created.clear()
-
-    def open_blob(self, hexdigest: str, max_size: int) -> BinaryIO:
-        if not _HEX.match(hexdigest):
-            raise safeio.UnsafePathError(hexdigest, "is not a sha256 hex digest")
-        path = self.store.blob_dir / hexdigest
-        if path.is_file() and not path.is_symlink() and path.stat().st_size <= max_size:
-            return open(path, "rb", buffering=0)
-        # Before the first byte of this blob is written: `max_size` is its declared (signed)
-        # size for layers and bundles, a small cap for manifests and configs.
-        self.store.check_space([max_size], f"blob sha256:{hexdigest[:12]} ({max_size} bytes)")
-        src = self.source.open_blob(hexdigest, max_size)
-        return io.BufferedReader(_TeeReader(src, self.store, hexdigest, self.created), CHUNK)
-
-
-def find_app(apps: Iterable[AppContent], name: str) -> Optional[AppContent]:
-    return next((a for a in apps if a.name == name), None)
+        return prune_store(self, keep, keep_names)

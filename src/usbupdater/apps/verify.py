@@ -25,14 +25,27 @@ import json
 import re
 import tarfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, BinaryIO, Optional, Protocol
+from typing import Any, BinaryIO, Optional
 
 import yaml
 
 from usbupdater.apps.members import COMPOSE_FILE, MAX_MEMBERS, MAX_TOTAL, MemberError, scan_bundle
-from usbupdater.apps.project import check_bundle_member, check_project_name
+from usbupdater.apps.model import (
+    Blob,
+    BlobSource,
+    VerifiedApp,
+    VerifiedImage,
+    VerifiedLayer,
+    VerifiedService,
+)
+from usbupdater.apps.platform import match_platform, platform_name
+from usbupdater.apps.project import (
+    MAX_COMPOSE_NODES,
+    check_bundle_member,
+    check_project_name,
+    expanded_nodes,
+)
 from usbupdater.apps.streams import CHUNK, Gunzip, GzipError, HashingReader
 from usbupdater.errors import ContentMissingError, VerificationError
 from usbupdater.safeio import UnsafePathError, read_upto
@@ -67,77 +80,6 @@ MAX_BUNDLE_MEMBERS = MAX_MEMBERS
 MAX_LAYER_UNPACKED = 64 << 30  # a layer's tar, as decompressed while hashing
 
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
-
-
-class BlobSource(Protocol):
-    """Where blobs come from: the bundle (`Bundle.open_blob`) or a device store."""
-
-    def open_blob(self, hexdigest: str, max_size: int) -> BinaryIO:
-        """FileNotFoundError when absent; UnsafePathError when not a safe regular file."""
-        ...
-
-
-@dataclass(frozen=True)
-class Blob:
-    """A verified blob: its digest ("sha256:<hex>"), size and media type."""
-
-    digest: str
-    size: int
-    media_type: str
-
-    @property
-    def hex(self) -> str:
-        return self.digest[len("sha256:") :]
-
-
-@dataclass(frozen=True)
-class VerifiedLayer(Blob):
-    diff_id: str = ""  # sha256 of the uncompressed tar, as in config.rootfs.diff_ids
-
-
-@dataclass(frozen=True)
-class VerifiedImage:
-    ref: str  # as pinned in the compose file: <host>/<path>@sha256:<root>
-    locator: str  # <host>/<path>
-    root: Blob  # what the ref names: a manifest list/index or the manifest itself
-    manifest: Blob  # the manifest for this device's platform
-    config: Blob  # its digest is the image ID dockerd will report
-    layers: tuple[VerifiedLayer, ...]
-
-    @property
-    def blobs(self) -> tuple[Blob, ...]:
-        head = (self.root,) if self.root.digest != self.manifest.digest else ()
-        return (*head, self.manifest, self.config, *self.layers)
-
-
-@dataclass(frozen=True)
-class VerifiedService:
-    name: str
-    image: str  # pinned ref, a key of VerifiedApp.images
-    config_hash: Optional[str]  # label io.compose-spec.config-hash
-
-
-@dataclass(frozen=True)
-class VerifiedApp:
-    name: str
-    uri: str
-    manifest: Blob  # the app manifest (blob H)
-    bundle: Blob  # the compose bundle tgz (layers[0])
-    compose: bytes = field(repr=False)  # docker-compose.yml from the verified tgz
-    services: tuple[VerifiedService, ...] = ()
-    images: Mapping[str, VerifiedImage] = field(default_factory=dict)
-
-    @property
-    def blobs(self) -> tuple[Blob, ...]:
-        """Every blob the app needs, each once, app manifest and bundle first."""
-        out: dict[str, Blob] = {
-            self.manifest.digest: self.manifest,
-            self.bundle.digest: self.bundle,
-        }
-        for img in self.images.values():
-            for b in img.blobs:
-                out.setdefault(b.digest, b)
-        return tuple(out.values())
 
 
 class _Verifier:
@@ -429,11 +371,11 @@ class _Verifier:
             platform = child.get("platform") if isinstance(child, Mapping) else None
             if not isinstance(platform, Mapping):
                 continue  # optional in OCI; a child without one is for no platform
-            offered.append(_platform_name(platform))
+            offered.append(platform_name(platform))
             if match_platform(platform, self.arch, self.variant):
                 found.append(self.descriptor(f"{what} manifests[{i}]", child, MAX_IMAGE_MANIFEST))
         if len(found) != 1:
-            want = _platform_name(
+            want = platform_name(
                 {"os": "linux", "architecture": self.arch, "variant": self.variant}
             )
             has = ", ".join(sorted(set(offered) - {"unknown/unknown"})) or "none"
@@ -441,91 +383,6 @@ class _Verifier:
                 what, f"{len(found)} manifests match {want}; exactly one must (index has: {has})"
             )
         return found[0]
-
-
-# --- platforms ------------------------------------------------------------------------------------
-#
-# composectl matches index children with containerd's `platforms.OnlyStrict(DefaultSpec())`
-# (composeapp pkg/compose/image.go LoadImageTree; pkg/compose/v1/config.go NewDefaultConfig): both
-# sides are normalised (containerd/platforms database.go normalizeArch) and then compared exactly,
-# with no fallback to older variants. `normalize_platform` is that normalisation for the names an
-# index holds; an attestation manifest (`"platform": {"architecture": "unknown", "os":
-# "unknown"}`, as buildx writes them) never matches, and is not an error.
-
-
-def normalize_platform(arch: str, variant: Optional[str]) -> tuple[str, str]:
-    """(architecture, variant) as containerd normalises them before comparing.
-
-    arm64 "v8"/"8" is the same as no variant; arm with no variant is v7 and "6" is "v6";
-    amd64 "v1" is no variant; aliases (aarch64, x86_64, armhf, armel, i386) are renamed.
-    """
-    a, v = arch.lower(), (variant or "").lower()
-    if a in ("x86_64", "x86-64", "amd64"):
-        return "amd64", "" if v == "v1" else v
-    if a in ("aarch64", "arm64"):
-        return "arm64", "" if v in ("8", "v8") else v
-    if a == "armhf":
-        return "arm", "v7"
-    if a == "armel":
-        return "arm", "v6"
-    if a == "arm":
-        if v in ("", "7"):
-            return "arm", "v7"
-        if v in ("5", "6", "8"):
-            return "arm", "v" + v
-        return "arm", v
-    if a == "i386":
-        return "386", ""
-    return a, v
-
-
-def match_platform(platform: Mapping[str, Any], arch: str, variant: Optional[str]) -> bool:
-    """Does an index child's platform run on a linux device of `arch`/`variant`?"""
-    os_, c_arch, c_variant = (platform.get(k) for k in ("os", "architecture", "variant"))
-    if os_ != "linux" or not isinstance(c_arch, str):
-        return False
-    if c_variant is not None and not isinstance(c_variant, str):
-        return False
-    return normalize_platform(c_arch, c_variant) == normalize_platform(arch, variant)
-
-
-def _platform_name(platform: Mapping[str, Any]) -> str:
-    parts = [platform.get("os"), platform.get("architecture"), platform.get("variant")]
-    return "/".join(str(p) for p in parts if p)
-
-
-MAX_COMPOSE_NODES = 100_000  # a real compose file has a few hundred
-
-
-def expanded_nodes(doc: Any, limit: int) -> int:
-    """How many nodes `doc` has once every alias is expanded (counting stops past `limit`).
-
-    Sizes are memoised per shared object, so a structure of exponential expanded size is
-    measured in time linear in its distinct nodes.
-    """
-    sizes: dict[int, int] = {}
-
-    def size(node: Any, depth: int) -> int:
-        if depth > 200:  # deeper than any compose file; also keeps recursion bounded
-            return limit + 1
-        key = id(node)
-        if key in sizes:
-            return sizes[key]
-        total = 1
-        children: Any = ()
-        if isinstance(node, dict):
-            children = [*node.keys(), *node.values()]
-        elif isinstance(node, list):
-            children = node
-        for child in children:
-            total += size(child, depth + 1)
-            if total > limit:
-                break
-        if isinstance(node, (dict, list)):
-            sizes[key] = total
-        return total
-
-    return size(doc, 0)
 
 
 def _media_type(obj: Mapping[str, Any]) -> str:
