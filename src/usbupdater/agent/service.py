@@ -16,59 +16,24 @@ from __future__ import annotations
 
 import os
 import queue
-import re
 import signal
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional
 
 from usbupdater import fsutil, log, proc
 from usbupdater.agent import policy, report
 from usbupdater.agent.backend import Outcome, Progress, Updater
 from usbupdater.agent.filter import Stick, refusal
+from usbupdater.agent.jobs import RESCAN, STOP, Item, Job, JobDone, natural
 from usbupdater.agent.journal import JobRecord, Journal, boot_token
 from usbupdater.agent.media import BundleOnStick, Media, MediaError, NoBundle, find_bundle
 from usbupdater.agent.settings import AgentSettings
 from usbupdater.agent.status import StatusBoard, sd_notify
 from usbupdater.agent.watcher import Debouncer, UdevWatcher, UEvent
 from usbupdater.textsafe import safe_text
-
-
-class _Signal:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-STOP = _Signal("STOP")
-RESCAN = _Signal("RESCAN")
-
-
-@dataclass(frozen=True)
-class JobDone:
-    hold: bool  # a reboot was requested: take no other stick in this boot
-
-
-Item = Union[UEvent, JobDone, _Signal]
-
-
-def natural(name: str) -> tuple[Any, ...]:
-    """Sort key putting /dev/sdb2 before /dev/sdb10 (the order people expect)."""
-    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
-
-
-class Job:
-    """One stick being handled by the worker; the dispatcher may tell it the stick left."""
-
-    def __init__(self, stick: Stick) -> None:
-        self.stick = stick
-        self.mountpoint: Optional[Path] = None
-        self.gone = threading.Event()
 
 
 class Service:
