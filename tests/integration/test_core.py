@@ -390,7 +390,7 @@ def test_stick_read_error_mid_install_is_one_clear_line(
     import errno
 
     from usbupdater import core
-    from usbupdater.apps import store as store_mod
+    from usbupdater.apps import copying as store_mod
     from usbupdater.errors import AdapterError
 
     on_v1(rig, factory, tmp_path)
