@@ -26,9 +26,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Optional
 
-from usbupdater import decisions, fsutil, log
+from usbupdater import decisions, fsutil, log, progress
 from usbupdater.booted import BootedCommitSource, ProcCmdlineBootedCommit, RecordedBootedCommit
 from usbupdater.bootloader import (
     Bootloader,
@@ -46,6 +46,7 @@ from usbupdater.errors import (
     UpdaterError,
 )
 from usbupdater.lock import AkliteLock
+from usbupdater.progress import Progress
 from usbupdater.rootfs import OstreeSysroot
 from usbupdater.state import DeviceState, LastResult, PendingInstall, StateStore, TargetRecord
 from usbupdater.state import utcnow as _utcnow
@@ -55,11 +56,6 @@ if TYPE_CHECKING:
     from usbupdater.apps.store import AppStore
 
 logger = log.get_logger("core")
-
-
-def progress(phase: str, message: str, percent: Optional[int] = None, **kw: Any) -> None:
-    """A progress record the automation (and a person reading the log) can follow."""
-    logger.info("progress", phase=phase, percent=percent, message=message, **kw)
 
 
 @dataclass
@@ -143,12 +139,8 @@ def finish(dev: Device, state: DeviceState, command: str, outcome: Outcome) -> O
     """Record the outcome as the last result (the state's commit point of a finished step)."""
     result = LastResult(command, int(outcome.code), outcome.message, outcome.target, _utcnow())
     dev.state.save(replace(state, last_result=result))  # COMMIT POINT
-    progress(
-        "done",
-        outcome.message,
-        100 if outcome.code == ExitCode.OK else None,
-        code=int(outcome.code),
-    )
+    ok = outcome.code == ExitCode.OK
+    progress.emit(Progress("done", outcome.message, 1 if ok else None, 1 if ok else None))
     return outcome
 
 
@@ -298,7 +290,7 @@ def _install_locked(
     killed_midway, ran_before = dev.state.load_inflight()
     if killed_midway and state.current is None and ran_before is not None:
         facts = replace(facts, current=as_current(ran_before))
-    progress("verifying", f"verifying the bundle in {src}")
+    progress.announce("verifying", f"verifying the bundle in {src}")
     with Bundle.open(src) as bundle:
         ci = select(
             cfg,

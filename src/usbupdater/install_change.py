@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from usbupdater import log
+from usbupdater import log, progress
 from usbupdater.bootloader import (
     ARMED_VARIABLES,
     FIRMWARE_VERSION_FILE,
@@ -21,7 +21,6 @@ from usbupdater.bootloader import (
 )
 from usbupdater.core import (
     Device,
-    progress,
 )
 from usbupdater.errors import (
     AdapterError,
@@ -121,7 +120,9 @@ def change_device(dev: Device, ci: CheckIn, bundle: Any, rootfs_changed: bool) -
     step = "verifying the content"
     try:
         if rootfs_changed and not dev.rootfs.has_commit(t.sha256):
-            progress("copying-rootfs", f"copying root filesystem {t.sha256[:12]} from the stick")
+            progress.announce(
+                "copying-rootfs", f"copying root filesystem {t.sha256[:12]} from the stick"
+            )
             dirs = dev.rootfs.object_dirs()
             pull = pool.submit(dev.rootfs.pull, bundle.ostree_repo, t.sha256)
             undo.add(
@@ -129,14 +130,16 @@ def change_device(dev: Device, ci: CheckIn, bundle: Any, rootfs_changed: bool) -
                 lambda: dev.rootfs.prune(keep_dirs=dirs),
             )
         if copying is not None:
-            progress("verifying-apps", f"verifying and storing the apps of {t.name}")
+            progress.announce("verifying-apps", f"verifying and storing the apps of {t.name}")
             ci = verify_content(ci, copying)
             if ci.content_error is not None:
                 raise ci.content_error  # 8 or 80
         if pull is not None:
             pull.result()  # 60, 8, 80 or an ostree failure
         if copying is not None:
-            progress("copying-apps", f"recording {len(ci.apps)} app(s) in the device store")
+            progress.announce(
+                "copying-apps", f"recording {len(ci.apps)} app(s) in the device store"
+            )
             created: list[Path] = []
             undo.add("new app directories", lambda: dev.app_store.remove_created(created))
             contents = [content_from_verified(v) for v in ci.apps.values()]
@@ -150,7 +153,7 @@ def change_device(dev: Device, ci: CheckIn, bundle: Any, rootfs_changed: bool) -
                     t.sha256, FIRMWARE_VERSION_FILE, FIRMWARE_VERSION_FILE_MAX
                 ),
             )
-            progress("deploying", f"deploying {t.name}")
+            progress.announce("deploying", f"deploying {t.name}")
             step = "deploying the new root filesystem"
             undo.deployed = True
             undo.add(

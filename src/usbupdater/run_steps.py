@@ -10,14 +10,13 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Optional
 
-from usbupdater import decisions, log
+from usbupdater import decisions, log, progress
 from usbupdater.core import (
     Device,
     Outcome,
     add_history,
     booted_or_none,
     end_run,
-    progress,
     tell_aklite,
     write_current_target,
 )
@@ -70,7 +69,7 @@ def _start_target(
     dev: Device, state: DeviceState, p: PendingInstall, booted: Optional[str]
 ) -> Outcome:
     t = p.target
-    progress("starting-apps", f"starting the apps of {t.name}")
+    progress.announce("starting-apps", f"starting the apps of {t.name}")
     try:
         _start_apps(dev, t.apps, p.previous)
     except UpdaterError as exc:
@@ -139,7 +138,7 @@ def _after_boot_rollback(
 ) -> Outcome:
     """The bootloader did not boot the new rootfs: make the old one the default again."""
     prev = p.previous
-    progress("rolling-back", f"{p.target.name} did not boot; back on the previous version")
+    progress.announce("rolling-back", f"{p.target.name} did not boot; back on the previous version")
     if booted is not None:
         dev.rootfs.rollback_to(booted)  # drops the failed deployment; no reboot needed
     dev.bootloader.set_boot_ok()
@@ -195,7 +194,7 @@ def _after_apps_failure(
         return end_run(dev, state, outcome)
     assert prev is not None
     if plan is AppsFailurePlan.REDEPLOY:
-        progress("rolling-back", f"{why}; redeploying {prev.name}")
+        progress.announce("rolling-back", f"{why}; redeploying {prev.name}")
         dev.rootfs.rollback_to(prev.sha256)
         dev.bootloader.update_notify()
         dev.sentinel.set()
@@ -208,7 +207,7 @@ def _after_apps_failure(
             p.target.name,
         )
         return end_run(dev, state, outcome, pending=rollback)
-    progress("rolling-back", f"{why}; restarting the apps of {prev.name}")
+    progress.announce("rolling-back", f"{why}; restarting the apps of {prev.name}")
     try:
         _start_apps(dev, prev.apps, p.target)
     except UpdaterError as exc2:
