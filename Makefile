@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test lint unit bench clean demo demo-rollback
+.PHONY: setup test lint unit bench clean demo demo-rollback wheel-oldest
 
 setup:
 	@scripts/setup.sh
@@ -14,6 +14,10 @@ lint: setup
 
 test: lint
 	$(PY) -m pytest -q
+
+# The wheel built as Yocto/LmP builds it: the oldest setuptools pyproject.toml claims, no isolation.
+wheel-oldest:
+	scripts/check-wheel-oldest-setuptools.sh
 
 unit: setup
 	$(PY) -m pytest -q tests/unit

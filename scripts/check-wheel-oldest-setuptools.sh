@@ -12,9 +12,9 @@ trap 'rm -rf "$work"' EXIT
 python3 -m venv "$work/venv"
 "$work/venv/bin/pip" install -q "setuptools==$oldest" wheel
 # A clean copy of what is committed: no build/ or egg-info of an earlier build leaks in.
-git archive --format=tar HEAD | tar -C "$work" -x --one-top-level=src
-cp pyproject.toml "$work/src/"  # the working tree's, so an uncommitted change is tested too
-(cd "$work/src" && "$work/venv/bin/pip" wheel -q --no-deps --no-build-isolation -w "$work/dist" .)
+git archive --format=tar HEAD | tar -C "$work" -x --one-top-level=tree
+cp pyproject.toml "$work/tree/"  # the working tree's, so an uncommitted change is tested too
+(cd "$work/tree" && "$work/venv/bin/pip" wheel -q --no-deps --no-build-isolation -w "$work/dist" .)
 wheel=$(ls "$work"/dist/usbupdater-*.whl)
 "$work/venv/bin/python" - "$wheel" "$oldest" <<'PY'
 import sys, zipfile
@@ -24,6 +24,7 @@ meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-in
 text = meta.decode()
 assert "License: Apache-2.0" in text, "the license is not in the metadata"
 assert any(n.endswith(".dist-info/LICENSE") for n in names), "LICENSE is not in the wheel"
-assert "usbupdater/cli.py" in names and "usbupdater/py.typed" in names
+missing = {"usbupdater/cli.py", "usbupdater/py.typed"} - set(names)
+assert not missing, f"not in the wheel: {sorted(missing)}"
 print(f"wheel built with setuptools {oldest}: {wheel.rsplit('/', 1)[-1]}, {len(names)} files")
 PY
