@@ -1,6 +1,7 @@
 SUMMARY = "Unattended offline updates of OSTree + docker-compose devices from USB sticks"
 LICENSE = "Apache-2.0"
-LIC_FILES_CHKSUM = "file://pyproject.toml;beginline=1;endline=3;md5=REPLACE_ME"
+# The Apache License 2.0 text as apache.org ships it (also Debian's common-licenses/Apache-2.0).
+LIC_FILES_CHKSUM = "file://LICENSE;md5=3b83ef96387f14655fc854ddc3c6bd57"
 
 SRC_URI = "git://example.com/usbupdater.git;protocol=https;branch=main"
 SRCREV = "${AUTOREV}"
@@ -8,9 +9,32 @@ S = "${WORKDIR}/git"
 
 inherit python_setuptools_build_meta systemd
 
+# Built by setuptools (pyproject.toml needs >= 61; scarthgap ships 69.1.1, styhead 72.1.0,
+# walnascar 76.0.0) through python_setuptools_build_meta: no network, no build isolation.
+#
+# Runtime dependencies, by the layer that provides each recipe:
+# - meta-python (meta-openembedded): python3-tuf, python3-securesystemslib, python3-structlog,
+#   python3-pyudev, python3-docker (python3-docker also comes with meta-virtualization)
+# - openembedded-core: python3-cryptography, python3-pyyaml, ostree (meta-oe on some releases;
+#   LmP carries it in meta-lmp-base), util-linux-mount, util-linux-umount, and the splits of the
+#   Python standard library the program imports (python3-manifest.json): python3-core (os, re,
+#   stat, struct, enum, shlex, signal, ...), python3-json, python3-sqlite3 (aktualizr-lite's
+#   database), python3-logging, python3-ctypes, python3-fcntl, python3-io, python3-datetime,
+#   python3-threading, python3-shell (shutil, fnmatch), python3-crypt (hashlib, hmac, secrets),
+#   python3-compression (zlib, tarfile), python3-netclient (base64, binascii), python3-asyncio
+#   (concurrent.futures), python3-unixadmin, python3-stringold, python3-unicodedata,
+#   python3-tomllib (Python >= 3.11; python3-tomli on 3.9/3.10). python3-modules pulls in every
+#   split at once if a release names one differently.
+# - meta-lmp (meta-lmp-base) or meta-virtualization: docker-moby (or docker-ce) and
+#   docker-compose (the compose v2 CLI plugin).
 RDEPENDS:${PN} += " \
-    python3-pyudev python3-tuf python3-securesystemslib python3-structlog \
-    python3-docker python3-pyyaml ostree docker-compose util-linux-mount \
+    python3-tuf python3-securesystemslib python3-cryptography python3-structlog \
+    python3-docker python3-pyudev python3-pyyaml \
+    python3-core python3-json python3-sqlite3 python3-logging python3-ctypes python3-fcntl \
+    python3-io python3-datetime python3-threading python3-shell python3-crypt \
+    python3-compression python3-netclient python3-asyncio python3-unixadmin \
+    python3-stringold python3-unicodedata python3-tomllib \
+    ostree docker-compose util-linux-mount util-linux-umount \
 "
 
 SYSTEMD_SERVICE:${PN} = "usbupdater.service"
