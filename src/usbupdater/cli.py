@@ -172,6 +172,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return int(outcome.code)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Summarise the reports the devices wrote to a stick; needs no device configuration."""
+    from pathlib import Path
+
+    from usbupdater import site_report
+
+    summary = site_report.summarise_stick(Path(args.src_dir))
+    fmt = "json" if args.json else "csv" if args.csv else "text"
+    sys.stdout.write(site_report.render(summary, fmt))
+    return int(ExitCode.OK) if summary.ok else int(ExitCode.ERROR)
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     """Run the USB update service: wait for sticks and install what they carry."""
     from usbupdater.agent.service import main as watch_main
@@ -222,6 +234,18 @@ def build_parser() -> argparse.ArgumentParser:
     add("current", cmd_current, "show the target the device runs")
     p = add("status", cmd_status, "show current and pending targets and the last result")
     p.add_argument("--json", action="store_true", help="print the state as JSON")
+    p = add(
+        "report",
+        cmd_report,
+        "summarise the reports devices wrote to a stick: one row per device (latest outcome "
+        "first) and totals; exit 0 when every device ended updated or up to date, else 1",
+    )
+    p.add_argument(
+        "-s", "--src-dir", required=True, metavar="STICK", help="the stick (or its report folder)"
+    )
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print the summary as JSON")
+    fmt.add_argument("--csv", action="store_true", help="print one CSV row per device")
     add(
         "watch",
         cmd_watch,
