@@ -61,27 +61,39 @@ def cmd_current(args: argparse.Namespace) -> int:
 
     cfg = _load_config(args)
     st = StateStore(cfg.state_dir).load()
-    if st.current is None:
+    cur = st.current
+    pending = st.pending.target.name if st.pending is not None else None
+    # Every app of the target; "on" for those this device runs ([pacman] compose_apps and
+    # fetched-apps shortlists decide), "off" for the others.
+    apps: dict[str, str] = {}
+    if cur is not None:
+        listed = cur.custom.get("docker_compose_apps")
+        if isinstance(listed, dict):
+            apps = {a: str(v.get("uri", "")) for a, v in listed.items() if isinstance(v, dict)}
+        apps.update(cur.apps)
+    if getattr(args, "json", False):
+        doc = {
+            "target": cur.name if cur else None,
+            "version": cur.version if cur else None,
+            "ostree": cur.sha256 if cur else None,
+            "apps": {
+                a: {"uri": u, "on": cur is not None and a in cur.apps} for a, u in apps.items()
+            },
+            "pending": pending,
+        }
+        print(json.dumps(doc, indent=2, sort_keys=True))
+        return int(ExitCode.OK)
+    if cur is None:
         print("Target: none recorded (this device has not been updated by usbupdater yet)")
         return int(ExitCode.OK)
-    cur = st.current
     print(f"Target: {cur.name}")
     print(f"Version: {cur.version}")
     print(f"Ostree hash: {cur.sha256}")
-    # Every app of the target; "on" for those this device runs ([pacman] compose_apps and
-    # fetched-apps shortlists decide), "off" for the others.
-    listed = cur.custom.get("docker_compose_apps")
-    apps = (
-        {a: str(v.get("uri", "")) for a, v in listed.items() if isinstance(v, dict)}
-        if (isinstance(listed, dict))
-        else {}
-    )
-    apps.update(cur.apps)
     print("Apps:")
     for app, uri in sorted(apps.items()):
         print(f"\t({'on' if app in cur.apps else 'off'}) {app} -> {uri}")
-    if st.pending is not None:
-        print(f"Pending: {st.pending.target.name} (call `usbupdater run` to finish it)")
+    if pending is not None:
+        print(f"Pending: {pending} (call `usbupdater run` to finish it)")
     return int(ExitCode.OK)
 
 
@@ -159,8 +171,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     outcome = core.install(
         _load_config(args), Path(args.src_dir), target_name=args.target, force=args.force
     )
-    print(outcome.message)
-    return int(outcome.code)
+    return _print_result(args, int(outcome.code), outcome.message, outcome.target)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -168,8 +179,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from usbupdater import core
 
     outcome = core.run(_load_config(args))
-    print(outcome.message)
-    return int(outcome.code)
+    return _print_result(args, int(outcome.code), outcome.message, outcome.target)
+
+
+def _print_result(args: argparse.Namespace, code: int, message: str, target: Any = None) -> int:
+    """The one line for people, or with `--json` (install, run) one object for scripts."""
+    if getattr(args, "result_json", False):
+        doc = {"command": args.command, "code": code, "message": message, "target": target}
+        print(json.dumps(doc, sort_keys=True))
+    else:
+        print(message)
+    return code
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -226,12 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-s", "--src-dir", required=True, metavar="DIR", help="the bundle directory")
     p.add_argument("-t", "--target", metavar="NAME", help="install this target, not the newest")
     p.add_argument("-f", "--force", action="store_true", help="allow a downgrade or a retry")
-    add(
+    _result_json(p)
+    p = add(
         "run",
         cmd_run,
         "finish the pending installation after the reboot: start the apps, confirm or roll back",
     )
-    add("current", cmd_current, "show the target the device runs")
+    _result_json(p)
+    p = add("current", cmd_current, "show the target the device runs")
+    p.add_argument("--json", action="store_true", help="print the target as JSON")
     p = add("status", cmd_status, "show current and pending targets and the last result")
     p.add_argument("--json", action="store_true", help="print the state as JSON")
     p = add(
@@ -254,6 +277,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _result_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--json",
+        dest="result_json",
+        action="store_true",
+        help="print one JSON object (command, code, message, target) on stdout, also on failure",
+    )
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -264,10 +296,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(args.handler(args))
     except UpdaterError as exc:
         print(f"usbupdater: {exc.reason}", file=sys.stderr)
+        if getattr(args, "result_json", False):
+            _print_result(args, int(exc.code), exc.reason)
         return int(exc.code)
     except OSError as exc:  # e.g. EIO from a stick pulled out, EACCES on a directory
         where = f": {exc.filename}" if exc.filename else ""
         print(f"usbupdater: {exc.strerror or exc}{where}", file=sys.stderr)
+        if getattr(args, "result_json", False):
+            _print_result(args, int(ExitCode.ERROR), f"{exc.strerror or exc}{where}")
         return int(ExitCode.ERROR)
     except KeyboardInterrupt:
         print("usbupdater: interrupted", file=sys.stderr)
@@ -275,4 +311,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as exc:  # a bug: say so in one line, keep the traceback in the log
         log.get_logger("cli").exception("unexpected error")
         print(f"usbupdater: unexpected error: {exc!r}", file=sys.stderr)
+        if getattr(args, "result_json", False):
+            _print_result(args, int(ExitCode.ERROR), f"unexpected error: {exc!r}")
         return int(ExitCode.ERROR)

@@ -85,3 +85,52 @@ def test_corrupt_state_is_reported(device_config: Path, tmp_path: Path) -> None:
     (tmp_path / "sota" / "usbupdater" / "state.json").write_text("{")
     r = run("-c", str(device_config), "status")
     assert r.returncode == 1 and "corrupt" in r.stderr
+
+
+def test_current_json(device_config: Path, tmp_path: Path) -> None:
+    r = run("current", "-c", str(device_config), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {
+        "target": None,
+        "version": None,
+        "ostree": None,
+        "apps": {},
+        "pending": None,
+    }
+    store = StateStore(tmp_path / "sota" / "usbupdater")
+    v1 = TargetRecord(
+        "rpi-1",
+        1,
+        "a" * 64,
+        {"a": "hub/a@sha256:" + "1" * 64},
+        {"docker_compose_apps": {"a": {"uri": "x"}, "b": {"uri": "hub/b"}}},
+    )
+    store.save(
+        DeviceState(
+            current=v1, pending=PendingInstall(TargetRecord("rpi-2", 2, "b"), v1, True, "t")
+        )
+    )
+    doc = json.loads(run("current", "-c", str(device_config), "--json").stdout)
+    assert doc["target"] == "rpi-1" and doc["version"] == 1 and doc["ostree"] == "a" * 64
+    assert doc["apps"] == {
+        "a": {"uri": "hub/a@sha256:" + "1" * 64, "on": True},
+        "b": {"uri": "hub/b", "on": False},
+    }
+    assert doc["pending"] == "rpi-2"
+
+
+def test_install_and_run_json_print_one_object(device_config: Path, tmp_path: Path) -> None:
+    r = run("run", "-c", str(device_config), "--json")
+    assert r.returncode == 40, r.stderr  # nothing pending: the exit code is unchanged
+    doc = json.loads(r.stdout)
+    assert doc["command"] == "run" and doc["code"] == 40 and doc["message"]
+    assert set(doc) == {"command", "code", "message", "target"}
+    r = run("install", "-c", str(device_config), "-s", str(tmp_path / "no-bundle"), "--json")
+    doc = json.loads(r.stdout)
+    assert r.returncode == doc["code"] != 0 and doc["command"] == "install"
+    assert len(r.stdout.splitlines()) == 1
+
+
+def test_version() -> None:
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.startswith("usbupdater ")
