@@ -154,7 +154,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     # Preloaded apps verified from the store, without caching the verdict: check writes nothing.
     apps = DeviceAppStore(cfg.pacman.reset_apps_root, persist=False)
     installed = apps.has_app_version if cfg.pacman.apps_enabled else None
-    with Bundle.open(args.src_dir) as bundle:
+    from pathlib import Path
+
+    from usbupdater.stick_bundles import DeviceView, resolve
+
+    src = resolve(cfg, Path(args.src_dir), DeviceView(facts, booted, installed))
+    with Bundle.open(src) as bundle:
         chosen = select(cfg, bundle, facts, booted=booted, app_installed=installed)
         result = verify_content(chosen, bundle)
     doc = describe(result)
@@ -167,10 +172,11 @@ def cmd_install(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from usbupdater import core
+    from usbupdater.stick_bundles import resolve
 
-    outcome = core.install(
-        _load_config(args), Path(args.src_dir), target_name=args.target, force=args.force
-    )
+    cfg = _load_config(args)
+    src = resolve(cfg, Path(args.src_dir))  # a stick with several bundles: this device's
+    outcome = core.install(cfg, src, target_name=args.target, force=args.force)
     return _print_result(args, int(outcome.code), outcome.message, outcome.target)
 
 
@@ -190,6 +196,40 @@ def _print_result(args: argparse.Namespace, code: int, message: str, target: Any
     else:
         print(message)
     return code
+
+
+def cmd_pick(args: argparse.Namespace) -> int:
+    """Say which bundle of a stick is for this device (what the service asks); change nothing."""
+    from pathlib import Path
+
+    from usbupdater.stick_bundles import bundle_names, device_view, pick
+    from usbupdater.stick_choice import Choice, Verdict
+    from usbupdater.textsafe import safe_text
+
+    cfg = _load_config(args)
+    stick = Path(args.src_dir)
+    names = bundle_names(stick)
+    verdicts: list[Verdict] = []
+    if names is None:
+        choice = Choice(".", ExitCode.OK, "the stick itself is the bundle")
+    elif not names:
+        choice = Choice(None, ExitCode.NO_TARGET, "no bundle on the stick")
+    else:
+        choice, verdicts = pick(cfg, stick, names, device_view(cfg))
+    if args.json:
+        doc = {
+            "chosen": choice.chosen,  # a directory name: the caller matches it against its own
+            "code": int(choice.code),
+            "message": choice.message,
+            "bundles": [v.to_json() for v in verdicts],
+        }
+        print(json.dumps(doc, indent=2))
+    else:
+        for v in verdicts:
+            state = f"fits: {v.target} (version {v.version})" if v.fits else f"no: {v.why}"
+            print(f"{safe_text(v.name, 80)}: {safe_text(state, 300)}")
+        print(choice.message)
+    return int(choice.code)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -257,6 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the target as JSON")
     p = add("status", cmd_status, "show current and pending targets and the last result")
     p.add_argument("--json", action="store_true", help="print the state as JSON")
+    p = add(
+        "pick",
+        cmd_pick,
+        "say which bundle of a stick with several (one per top-level directory) is for this "
+        "device: exit 0 one is, 6 none is, 1 several offer the same newest version",
+    )
+    p.add_argument("-s", "--src-dir", required=True, metavar="STICK", help="the stick")
+    p.add_argument("--json", action="store_true", help="print the verdicts as JSON")
     p = add(
         "report",
         cmd_report,

@@ -26,7 +26,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from usbupdater import log, proc, safeio
 from usbupdater.agent.filter import Stick
@@ -188,8 +188,12 @@ def targets_version(dirfd: int, rel: str) -> Optional[int]:
     return version if isinstance(version, int) and not isinstance(version, bool) else None
 
 
-def find_bundle(root: Path, fs_uuid: str = "") -> BundleOnStick:
-    """The one bundle at the stick's top level or in exactly one top-level directory."""
+Chooser = Callable[[Path, list[str]], str]  # (mount point, bundle directories) -> the one to use
+
+
+def find_bundle(root: Path, fs_uuid: str = "", choose: Optional[Chooser] = None) -> BundleOnStick:
+    """The one bundle at the stick's top level or in exactly one top-level directory; with
+    several, the one `choose` names (it raises NoBundle when none is for this device)."""
     try:
         rootfd = safeio.open_root(root)
     except (OSError, safeio.UnsafePathError) as exc:
@@ -209,10 +213,15 @@ def find_bundle(root: Path, fs_uuid: str = "") -> BundleOnStick:
                     continue  # a file, a link or unreadable: not a bundle
             if not found:
                 raise NoBundle("no update bundle (tuf/targets.json) on the stick")
-            if len(found) > 1:
+            if len(found) == 1:
+                sub = found[0]
+            elif choose is None:
                 names = safe_text(", ".join(found), 300)
                 raise NoBundle(f"several bundles on the stick ({names}): keep one")
-            sub = found[0]
+            else:
+                sub = choose(root, found)
+            if sub not in found:  # never a path the stick did not list as a bundle
+                raise NoBundle(f"the bundle chosen ({safe_text(sub, 80)}) is not on the stick")
         rel = f"{sub}/" if sub else ""
         targets = hashlib.sha256()
         identity = hashlib.sha256()  # sha256(targets.json + bundle-targets.json), as before

@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional
 from usbupdater import fsutil, log, proc
 from usbupdater.agent import policy, report
 from usbupdater.agent.backend import Outcome, Progress, Updater
+from usbupdater.agent.choose import CoreChooser
 from usbupdater.agent.filter import Stick, refusal
 from usbupdater.agent.jobs import RESCAN, STOP, Item, Job, JobDone, natural
 from usbupdater.agent.journal import JobRecord, Journal, boot_token
@@ -49,6 +50,7 @@ class Service:
         self.status = StatusBoard(s)
         self.media = Media(s)
         self.updater = Updater(s)
+        self.chooser = CoreChooser(self.updater)  # a stick with several bundles: the core picks
         self.journal = Journal(s.agent_state_dir)
         self.debouncer = Debouncer(s.settle_time)
         self.present: dict[str, Stick] = {}  # sticks plugged in now (settled), by DEVPATH
@@ -212,7 +214,7 @@ class Service:
             self.status.set("safe-to-remove", str(exc), result=policy.FAILED)
             return False
         try:
-            bundle = find_bundle(job.mountpoint, stick.fs_uuid)
+            bundle = find_bundle(job.mountpoint, stick.fs_uuid, self.chooser)
         except NoBundle as exc:
             self._log.info("stick ignored", device=stick.devnode, reason=safe_text(exc))
             self._unmount(job)
