@@ -1,4 +1,4 @@
-"""Choosing the bundle of a stick with several: the core's decision and the agent's reading of it."""
+"""Choosing the bundle of a stick with several: the core decides, the agent reads its answer."""
 
 from __future__ import annotations
 
