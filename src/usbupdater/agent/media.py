@@ -1,4 +1,7 @@
-"""Mounting a stick in a private directory and finding the one bundle on it.
+"""Mounting a stick in a private directory and finding the bundle on it.
+
+A stick with several bundles (one per top-level directory) needs a chooser (agent/choose.py asks
+the core which one is for this device); without one it is refused as before.
 
 The stick is untrusted: it is mounted read-only with `nosuid,nodev,noexec` (FAT and exFAT get
 fixed ownership and no execute bits; ext3/ext4 get `noload`, so a dirty journal is not replayed
