@@ -107,3 +107,37 @@ def test_find_bundle_asks_the_chooser_only_for_several(tmp_path: Path) -> None:
     assert ":two:" in found.identity
     with pytest.raises(NoBundle, match="not on the stick"):
         find_bundle(tmp_path, "u", lambda root, names: "..")
+
+
+def test_aklite_offline_cannot_choose_so_several_bundles_are_refused(tmp_path: Path) -> None:
+    from usbupdater.agent import dialect as d
+    from usbupdater.agent.backend import Updater
+    from usbupdater.agent.choose import CoreChooser
+    from usbupdater.agent.settings import AgentSettings
+
+    bundle(tmp_path, "one")
+    bundle(tmp_path, "two")
+    marker = tmp_path / "called"
+    argv = ("/bin/sh", "-c", f"touch {marker}", "sh")  # would record any call of the core
+    chooser = CoreChooser(Updater(AgentSettings(updater_command=argv, updater_dialect=d.AKLITE_V2)))
+    with pytest.raises(NoBundle, match=r"several bundles on the stick \(one, two\).*cannot choose"):
+        find_bundle(tmp_path, "u", chooser)
+    assert not marker.exists()
+
+
+def test_the_core_is_asked_with_the_mount_point(tmp_path: Path) -> None:
+    from usbupdater.agent.backend import Updater
+    from usbupdater.agent.choose import CoreChooser
+    from usbupdater.agent.settings import AgentSettings
+
+    bundle(tmp_path / "stick", "one")
+    bundle(tmp_path / "stick", "two")
+    args = tmp_path / "args"
+    answer = json.dumps({"chosen": "two", "code": 0, "message": "bundle two: target t"})
+    script = tmp_path / "core.sh"
+    script.write_text(f"#!/bin/sh\necho \"$@\" > {args}\necho '{answer}'\n")
+    script.chmod(0o755)
+    chooser = CoreChooser(Updater(AgentSettings(updater_command=(str(script),))))
+    found = find_bundle(tmp_path / "stick", "u", chooser)
+    assert found.path == tmp_path / "stick" / "two"
+    assert args.read_text().split()[:4] == ["pick", "-s", str(tmp_path / "stick"), "--json"]
