@@ -17,14 +17,15 @@ inherit python_setuptools_build_meta systemd
 #   python3-pyudev, python3-docker (python3-docker also comes with meta-virtualization)
 # - openembedded-core: python3-cryptography, python3-pyyaml, ostree (meta-oe on some releases;
 #   LmP carries it in meta-lmp-base), util-linux-mount, util-linux-umount, and the splits of the
-#   Python standard library the program imports (python3-manifest.json): python3-core (os, re,
-#   stat, struct, enum, shlex, signal, ...), python3-json, python3-sqlite3 (aktualizr-lite's
-#   database), python3-logging, python3-ctypes, python3-fcntl, python3-io, python3-datetime,
-#   python3-threading, python3-shell (shutil, fnmatch), python3-crypt (hashlib, hmac, secrets),
-#   python3-compression (zlib, tarfile), python3-netclient (base64, binascii), python3-asyncio
-#   (concurrent.futures), python3-unixadmin, python3-stringold, python3-unicodedata,
-#   python3-tomllib (Python >= 3.11; python3-tomli on 3.9/3.10). python3-modules pulls in every
-#   split at once if a release names one differently.
+#   Python standard library the program imports, as oe-core's python3-manifest.json packs them:
+#   python3-core (os, re, argparse, subprocess, signal, select, selectors, struct, shutil,
+#   fnmatch, csv, configparser, platform, threading, unicodedata, zlib, binascii, ...),
+#   python3-json, python3-sqlite3 (aktualizr-lite's database), python3-logging, python3-ctypes,
+#   python3-fcntl, python3-io (socket), python3-datetime, python3-threading (queue),
+#   python3-shell (shlex), python3-crypt (hashlib), python3-compression (tarfile),
+#   python3-netclient (base64, hmac, secrets), python3-numbers (contextvars), python3-asyncio
+#   (concurrent.futures), python3-tomllib (Python >= 3.11; python3-tomli on 3.9/3.10).
+#   python3-modules pulls in every split at once.
 # - meta-lmp (meta-lmp-base) or meta-virtualization: docker-moby (or docker-ce) and
 #   docker-compose (the compose v2 CLI plugin).
 RDEPENDS:${PN} += " \
@@ -32,8 +33,7 @@ RDEPENDS:${PN} += " \
     python3-docker python3-pyudev python3-pyyaml \
     python3-core python3-json python3-sqlite3 python3-logging python3-ctypes python3-fcntl \
     python3-io python3-datetime python3-threading python3-shell python3-crypt \
-    python3-compression python3-netclient python3-asyncio python3-unixadmin \
-    python3-stringold python3-unicodedata python3-tomllib \
+    python3-compression python3-netclient python3-numbers python3-asyncio python3-tomllib \
     ostree docker-compose util-linux-mount util-linux-umount \
 "
 
