@@ -13,8 +13,10 @@ inherit python_setuptools_build_meta systemd
 # walnascar 76.0.0) through python_setuptools_build_meta: no network, no build isolation.
 #
 # Runtime dependencies, by the layer that provides each recipe:
-# - meta-python (meta-openembedded): python3-tuf, python3-securesystemslib, python3-structlog,
-#   python3-pyudev, python3-docker (python3-docker also comes with meta-virtualization)
+# - this layer (recipes-devtools/python): python3-tuf, python3-securesystemslib (neither is in
+#   openembedded-core or meta-python)
+# - meta-python (meta-openembedded): python3-structlog, python3-pyudev, python3-docker (which
+#   meta-virtualization also carries)
 # - openembedded-core: python3-cryptography, python3-pyyaml, ostree (meta-oe on some releases;
 #   LmP carries it in meta-lmp-base), util-linux-mount, util-linux-umount, and the splits of the
 #   Python standard library the program imports, as oe-core's python3-manifest.json packs them:
