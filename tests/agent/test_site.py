@@ -185,3 +185,27 @@ def test_site_run_ends_with_a_report_of_every_device(
         timeout=60,
     )
     assert "3 device(s): 1 updated, 1 up to date, 1 rolled back, 0 failed" in text.stdout
+
+
+def test_no_bundle_for_this_device_is_said_and_nothing_happens(
+    site: Site, factories: tuple[Factory, Factory], tmp_path: Path
+) -> None:
+    a, b = factories
+    content = tmp_path / "foreign-stick"
+    b.write_bundle(content / "other-board", [B2])
+    a.write_bundle(content / "intel-beta", [A2], tag="beta")
+    img = site.sticks.image(content)
+    intel = site.device(a, A1)
+    before = intel.rig.snapshot()
+    intel.agent.start()
+    intel.agent.wait_status(lambda s: s.get("phase") == "idle", 60, "idle")
+    site.sticks.attach(img)
+    st = intel.agent.wait_status(
+        lambda s: "no bundle for this device" in s.get("message", ""), 120, "the refusal"
+    )
+    assert st["phase"] == "idle" and st["result"] is None, st
+    assert "2 bundle(s) seen: intel-beta: metadata not accepted: " in st["message"]
+    assert "other-board: no target for hardware id intel-corei7-64" in st["message"]
+    assert not intel.installs()
+    intel.agent.stop()
+    assert intel.rig.snapshot() == before
