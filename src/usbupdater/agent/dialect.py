@@ -4,7 +4,8 @@ The service drives its core only through the command line, so `[usbupdater] upda
 says whose exit codes it reads: ours (`usbupdater`), Foundries' original offline client
 (`aklite-v1`, LmP v87..v92) or aklite-offline on aktualizr-lite's CLI API (`aklite-v2`, LmP v93
 and later). `interpret(dialect, command, code)` turns a code into a normalised action (what to do
-next) and a short meaning for people; policy.py decides from the action only.
+next) and a short meaning for people (for our own codes, `ExitCode.meaning`); policy.py
+decides from the action only.
 
 Sources (github:foundriesio/aktualizr-lite, read for facts, nothing copied):
 - v1: `apps/aklite-offline/cmds.cpp` at tag mp-92 (commit 1d99244) over `src/offline/client.cc`
@@ -75,51 +76,50 @@ def _u(code: ExitCode, action: str, verified: bool = False) -> tuple[int, Meanin
     return int(code), Meaning(action, code.meaning, verified)
 
 
-E = ExitCode
 _USB_INSTALL = dict(
     [
-        _u(E.OK, UP_TO_DATE, True),
-        _u(E.ERROR, FAIL),
-        _u(E.NO_TARGET, FAIL, True),
-        _u(E.CONTENT_MISSING, FAIL, True),
-        _u(E.TUF_SECURITY, FAIL),
-        _u(E.METADATA_EXPIRED, FAIL),
-        _u(E.METADATA_MISSING, FAIL),
-        _u(E.BUNDLE_METADATA_INVALID, FAIL),
-        _u(E.TARGET_NOT_FOUND, FAIL, True),
-        _u(E.INSTALL_PENDING, RUN, True),
-        _u(E.NOTHING_PENDING, FAIL, True),
-        _u(E.NO_SPACE, FAIL, True),
-        _u(E.VERIFICATION_FAILED, FAIL, True),
-        _u(E.BOOT_FIRMWARE, REBOOT_INSTALL, True),
-        _u(E.ROLLED_BACK, FAIL, True),
-        _u(E.NEEDS_REBOOT, REBOOT_RUN, True),
-        _u(E.RESTART_ENGINE, ENGINE_RUN, True),
-        _u(E.DOWNGRADE_REFUSED, FAIL, True),
-        _u(E.ROLLED_BACK_UNKNOWN_APPS, FAIL, True),
-        _u(E.NO_ROLLBACK_TARGET, FAIL, True),
+        _u(ExitCode.OK, UP_TO_DATE, True),
+        _u(ExitCode.ERROR, FAIL),
+        _u(ExitCode.NO_TARGET, FAIL, True),
+        _u(ExitCode.CONTENT_MISSING, FAIL, True),
+        _u(ExitCode.TUF_SECURITY, FAIL),
+        _u(ExitCode.METADATA_EXPIRED, FAIL),
+        _u(ExitCode.METADATA_MISSING, FAIL),
+        _u(ExitCode.BUNDLE_METADATA_INVALID, FAIL),
+        _u(ExitCode.TARGET_NOT_FOUND, FAIL, True),
+        _u(ExitCode.INSTALL_PENDING, RUN, True),
+        _u(ExitCode.NOTHING_PENDING, FAIL, True),
+        _u(ExitCode.NO_SPACE, FAIL, True),
+        _u(ExitCode.VERIFICATION_FAILED, FAIL, True),
+        _u(ExitCode.BOOT_FIRMWARE, REBOOT_INSTALL, True),
+        _u(ExitCode.ROLLED_BACK, FAIL, True),
+        _u(ExitCode.NEEDS_REBOOT, REBOOT_RUN, True),
+        _u(ExitCode.RESTART_ENGINE, ENGINE_RUN, True),
+        _u(ExitCode.DOWNGRADE_REFUSED, FAIL, True),
+        _u(ExitCode.ROLLED_BACK_UNKNOWN_APPS, FAIL, True),
+        _u(ExitCode.NO_ROLLBACK_TARGET, FAIL, True),
     ]
 )
 _USB_RUN = dict(
     [
-        _u(E.OK, UPDATED),
-        _u(E.ERROR, FAIL),
-        _u(E.INSTALL_PENDING, FAIL),
-        _u(E.NOTHING_PENDING, NOTHING_PENDING),
-        _u(E.BOOT_FIRMWARE, UPDATED_BOOT_FW),
-        _u(E.ROLLED_BACK, ROLLED_BACK),
-        _u(E.NEEDS_REBOOT, REBOOT_ROLLBACK),
-        _u(E.ROLLED_BACK_UNKNOWN_APPS, ROLLED_BACK),
-        _u(E.NO_ROLLBACK_TARGET, FAIL),
+        _u(ExitCode.OK, UPDATED),
+        _u(ExitCode.ERROR, FAIL),
+        _u(ExitCode.INSTALL_PENDING, FAIL),
+        _u(ExitCode.NOTHING_PENDING, NOTHING_PENDING),
+        _u(ExitCode.BOOT_FIRMWARE, UPDATED_BOOT_FW),
+        _u(ExitCode.ROLLED_BACK, ROLLED_BACK),
+        _u(ExitCode.NEEDS_REBOOT, REBOOT_ROLLBACK),
+        _u(ExitCode.ROLLED_BACK_UNKNOWN_APPS, ROLLED_BACK),
+        _u(ExitCode.NO_ROLLBACK_TARGET, FAIL),
     ]
 )
 _USB_CHECK = dict(
     [
-        (int(E.OK), _m(NO_UPDATE, "already on the best target")),
-        _u(E.UPDATE_AVAILABLE, UPDATE_AVAILABLE),
+        (int(ExitCode.OK), _m(NO_UPDATE, "already on the best target")),
+        _u(ExitCode.UPDATE_AVAILABLE, UPDATE_AVAILABLE),
     ]
 )
-_USB_CURRENT = dict([_u(E.OK, READ_OUTPUT)])
+_USB_CURRENT = dict([_u(ExitCode.OK, READ_OUTPUT)])
 
 _V1_INSTALL = {
     0: _m(UP_TO_DATE, "the target is already installed", True),

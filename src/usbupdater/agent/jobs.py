@@ -157,7 +157,7 @@ class JobRunner:
         while True:
             if d.state is State.REBOOTING:
                 return self._rebooting(rec, d, job)
-            if d.state in (State.REPORTING, State.DONE):
+            if d.state is State.REPORTING:
                 self._reporting(rec, d, job)
                 return False
             state = d.state
@@ -166,8 +166,10 @@ class JobRunner:
                 facts = self._installing(rec, job)
             elif state is State.RESTARTING_ENGINE:
                 facts = self._restarting_engine(rec, d)
-            else:
+            elif state is State.FINISHING:
                 facts = self._finishing(rec, d)
+            else:  # DONE (MOUNTING is run()'s, before the record exists)
+                return False
             d = policy.transition(state, facts)
 
     def _enter(self, rec: JobRecord, state: State) -> None:
