@@ -14,6 +14,7 @@ from tests.agent.conftest import HERE
 from usbupdater.agent import dialect as d
 from usbupdater.agent import policy
 from usbupdater.agent.backend import Updater
+from usbupdater.agent.policy import State as S
 from usbupdater.agent.settings import AgentSettings
 from usbupdater.config import from_tables
 from usbupdater.errors import ConfigError
@@ -130,15 +131,15 @@ def test_metadata_verified_per_dialect(dialect: str, code: int, verified: bool) 
     [(d.AKLITE_V1, 101, 90), (d.AKLITE_V1, 10, 90), (d.AKLITE_V2, 10, 5), (d.AKLITE, 10, 5)],
 )
 def test_decisions_are_the_same_actions(dialect: str, install: int, run_fw: int) -> None:
-    assert policy.after_install(install, "", dialect).step == "engine"
+    assert policy.after_install(install, "", dialect).state is S.RESTARTING_ENGINE
     d100 = policy.after_install(100, "", dialect)
-    assert (d100.step, d100.after_reboot) == ("reboot", "run")
+    assert (d100.state, d100.after_reboot) == (S.REBOOTING, "run")
     fw = policy.after_run(run_fw, "", True, dialect=dialect)
-    assert (fw.step, fw.result) == ("reboot", policy.UPDATED)
-    assert policy.after_run(run_fw, "", False, dialect=dialect).step == "done"
+    assert (fw.state, fw.result) == (S.REBOOTING, policy.UPDATED)
+    assert policy.after_run(run_fw, "", False, dialect=dialect).state is S.REPORTING
     assert policy.after_run(0, "", dialect=dialect).result == policy.UPDATED
     back = policy.after_run(100, "", dialect=dialect)
-    assert (back.step, back.after_reboot) == ("reboot", "run")
+    assert (back.state, back.after_reboot) == (S.REBOOTING, "run")
     assert policy.rolls_back({"command": "run", "code": 100, "dialect": dialect})
     assert policy.after_run(0, "", rolling_back=True, dialect=dialect).result == policy.ROLLED_BACK
     assert policy.after_run(99, "", dialect=dialect).result == policy.ROLLED_BACK
@@ -147,7 +148,7 @@ def test_decisions_are_the_same_actions(dialect: str, install: int, run_fw: int)
 def test_v2_specific_decisions() -> None:
     assert policy.after_run(40, "", dialect=d.AKLITE_V2).result == policy.UP_TO_DATE
     assert policy.after_install(110, "", d.AKLITE_V2).result == policy.FAILED
-    assert policy.after_install(30, "", d.AKLITE_V2).step == "run"
+    assert policy.after_install(30, "", d.AKLITE_V2).state is S.FINISHING
     failed = policy.after_install(102, "why", d.AKLITE_V2)
     assert failed.result == policy.FAILED and "downgrade" in failed.message
 

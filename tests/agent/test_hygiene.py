@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from usbupdater.agent import policy, report
+from usbupdater.agent import dialect, policy, report
 from usbupdater.agent.journal import JobRecord
 from usbupdater.agent.media import (
     MAX_SNAPSHOT_JSON,
@@ -29,6 +29,7 @@ from usbupdater.agent.media import (
 )
 from usbupdater.agent.settings import SERIAL_APP_ID, AgentSettings, machine_pseudonym, pseudonym
 from usbupdater.agent.status import StatusBoard
+from usbupdater.errors import ExitCode
 from usbupdater.textsafe import safe_text
 
 NASTY = "a\x1b[2J\r\nb\udcff\udcfe\u202egnp.exe\x7f\x85\u2028z"
@@ -98,8 +99,13 @@ def test_codes_before_verification_or_unknown(code: int | None) -> None:
 
 
 def test_every_documented_code_is_classified() -> None:
-    assert set(policy.MEANINGS) == set(policy.VERIFIED_CODES) | set(policy.UNVERIFIED_CODES)
-    assert not set(policy.VERIFIED_CODES) & set(policy.UNVERIFIED_CODES)
+    """Every install code of ours is in the table, so it is read as verified or not on purpose,
+    and its text is the exit code's meaning."""
+    table = dialect.TABLE[(dialect.USBUPDATER, "install")]
+    assert set(table) == set(ExitCode) - {ExitCode.UPDATE_AVAILABLE}  # a `check` code only
+    assert {c for c in table if table[c].verified} == set(VERIFIED)
+    for code, m in table.items():
+        assert m.text == ExitCode(code).meaning
 
 
 @pytest.mark.parametrize(

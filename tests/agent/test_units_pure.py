@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -164,58 +165,6 @@ def test_uevent_presence() -> None:
     assert not ev("remove").present
     assert not ev("change", fs=False).present  # medium gone / loop detached
     assert ev("change").present
-
-
-# --- policy ---
-
-
-@pytest.mark.parametrize(
-    ("code", "step", "after", "result"),
-    [
-        (0, "done", "none", policy.UP_TO_DATE),
-        (100, "reboot", "run", ""),
-        (90, "reboot", "install", ""),
-        (101, "engine", "none", ""),
-        (30, "run", "none", ""),
-        (11, "done", "none", policy.FAILED),
-        (None, "done", "none", policy.FAILED),
-    ],
-)
-def test_after_install(code: int, step: str, after: str, result: str) -> None:
-    d = policy.after_install(code, "why")
-    assert (d.step, d.after_reboot, d.result) == (step, after, result)
-
-
-@pytest.mark.parametrize(
-    ("code", "fw", "step", "result"),
-    [
-        (0, True, "done", policy.UPDATED),
-        (90, True, "reboot", policy.UPDATED),
-        (90, False, "done", policy.UPDATED),
-        (100, True, "reboot", ""),
-        (99, True, "done", policy.ROLLED_BACK),
-        (110, True, "done", policy.ROLLED_BACK),
-        (120, True, "done", policy.FAILED),
-        (40, True, "done", policy.UP_TO_DATE),
-        (1, True, "done", policy.FAILED),
-    ],
-)
-def test_after_run(code: int, fw: bool, step: str, result: str) -> None:
-    d = policy.after_run(code, "", fw)
-    assert (d.step, d.result) == (step, result)
-    if code == 100:
-        assert d.after_reboot == "run"
-
-
-def test_run_0_after_a_run_100_finishes_a_rollback() -> None:
-    d = policy.after_run(0, "", True, rolling_back=True)
-    assert (d.step, d.result) == ("done", policy.ROLLED_BACK)
-    assert "previous version" in d.message
-
-
-def test_failure_message_carries_the_reason() -> None:
-    d = policy.after_install(15, "bundle-targets.json: tag 'qa' is not one of main")
-    assert "invalid" in d.message and "tag 'qa'" in d.message
 
 
 # --- backend ---
@@ -419,3 +368,27 @@ def test_status_file_notify_and_console(tmp_path: Path) -> None:
     lines = console.read_text().splitlines()
     assert lines[0] == "usbupdater: installing verifying"
     assert [ln.split()[2] for ln in lines[1:-1]] == ["1%", "15%", "55%"]  # one per 10 %
+
+
+def test_status_board_two_writers(tmp_path: Path) -> None:
+    """The dispatcher (`remember`) and the worker (`set`, `progress`) write at once: `set`
+    builds a new document from the old one, so without the lock a field the dispatcher added
+    meanwhile would be lost."""
+    s = AgentSettings(status_file=tmp_path / "status.json")
+    b = StatusBoard(s, clock=lambda: 0.0)
+    b.set("installing", "verifying")
+    n = 5000
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        t = threading.Thread(target=lambda: [b.remember(**{f"k{i}": i}) for i in range(n)])
+        t.start()
+        while t.is_alive():
+            b.set("installing", "copying")
+            b.progress(50, "copying", "copying-rootfs")
+        t.join()
+    finally:
+        sys.setswitchinterval(old)
+    snap = b.snapshot()
+    assert [i for i in range(n) if snap.get(f"k{i}") != i] == []
+    assert snap["phase"] == "installing" and snap["percent"] == 50

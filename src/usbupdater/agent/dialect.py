@@ -4,7 +4,8 @@ The service drives its core only through the command line, so `[usbupdater] upda
 says whose exit codes it reads: ours (`usbupdater`), Foundries' original offline client
 (`aklite-v1`, LmP v87..v92) or aklite-offline on aktualizr-lite's CLI API (`aklite-v2`, LmP v93
 and later). `interpret(dialect, command, code)` turns a code into a normalised action (what to do
-next) and a short meaning for people; policy.py decides from the action only.
+next) and a short meaning for people (for our own codes, `ExitCode.meaning`); policy.py
+decides from the action only.
 
 Sources (github:foundriesio/aktualizr-lite, read for facts, nothing copied):
 - v1: `apps/aklite-offline/cmds.cpp` at tag mp-92 (commit 1d99244) over `src/offline/client.cc`
@@ -24,6 +25,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Optional
+
+from usbupdater.errors import ExitCode
 
 USBUPDATER = "usbupdater"
 AKLITE_V1 = "aklite-v1"
@@ -68,45 +71,55 @@ def _m(action: str, text: str, verified: bool = False) -> Meaning:
     return Meaning(action, text, verified)
 
 
-_USB_INSTALL = {
-    0: _m(UP_TO_DATE, "ok", True),
-    1: _m(FAIL, "unexpected error"),
-    6: _m(FAIL, "no target for this device in the bundle", True),
-    8: _m(FAIL, "target content missing from the bundle", True),
-    11: _m(FAIL, "the bundle failed a security check (signature, threshold, rollback)"),
-    12: _m(FAIL, "the bundle's metadata has expired"),
-    14: _m(FAIL, "the bundle's metadata is missing"),
-    15: _m(FAIL, "the bundle's metadata is invalid (type, tag, signature or expiry)"),
-    20: _m(FAIL, "the requested target is not in the bundle", True),
-    30: _m(RUN, "an earlier installation is still pending", True),
-    40: _m(FAIL, "nothing was pending", True),
-    60: _m(FAIL, "not enough space on the device", True),
-    80: _m(FAIL, "the bundle's content does not match its signed metadata", True),
-    90: _m(REBOOT_INSTALL, "boot firmware update", True),
-    99: _m(FAIL, "the update failed; the device is back on the previous version", True),
-    100: _m(REBOOT_RUN, "reboot needed", True),
-    101: _m(ENGINE_RUN, "apps installed; the Docker engine needs a restart", True),
-    102: _m(FAIL, "downgrade refused", True),
-    110: _m(
-        FAIL, "the new version failed to boot; rolled back, the previous apps are unknown", True
-    ),
-    120: _m(FAIL, "the apps failed and no rollback target is known", True),
-}
-_USB_RUN = {
-    0: _m(UPDATED, "ok"),
-    1: _m(FAIL, "unexpected error"),
-    30: _m(FAIL, "an earlier installation is still pending"),
-    40: _m(NOTHING_PENDING, "nothing was pending"),
-    90: _m(UPDATED_BOOT_FW, "boot firmware update"),
-    99: _m(ROLLED_BACK, "the update failed; the device is back on the previous version"),
-    100: _m(REBOOT_ROLLBACK, "reboot needed"),
-    110: _m(
-        ROLLED_BACK, "the new version failed to boot; rolled back, the previous apps are unknown"
-    ),
-    120: _m(FAIL, "the apps failed and no rollback target is known"),
-}
-_USB_CHECK = {0: _m(NO_UPDATE, "already on the best target"), 16: _m(UPDATE_AVAILABLE, "ok")}
-_USB_CURRENT = {0: _m(READ_OUTPUT, "ok")}
+def _u(code: ExitCode, action: str, verified: bool = False) -> tuple[int, Meaning]:
+    """A row of usbupdater's own tables: the text is the exit code's meaning (errors.py)."""
+    return int(code), Meaning(action, code.meaning, verified)
+
+
+_USB_INSTALL = dict(
+    [
+        _u(ExitCode.OK, UP_TO_DATE, True),
+        _u(ExitCode.ERROR, FAIL),
+        _u(ExitCode.NO_TARGET, FAIL, True),
+        _u(ExitCode.CONTENT_MISSING, FAIL, True),
+        _u(ExitCode.TUF_SECURITY, FAIL),
+        _u(ExitCode.METADATA_EXPIRED, FAIL),
+        _u(ExitCode.METADATA_MISSING, FAIL),
+        _u(ExitCode.BUNDLE_METADATA_INVALID, FAIL),
+        _u(ExitCode.TARGET_NOT_FOUND, FAIL, True),
+        _u(ExitCode.INSTALL_PENDING, RUN, True),
+        _u(ExitCode.NOTHING_PENDING, FAIL, True),
+        _u(ExitCode.NO_SPACE, FAIL, True),
+        _u(ExitCode.VERIFICATION_FAILED, FAIL, True),
+        _u(ExitCode.BOOT_FIRMWARE, REBOOT_INSTALL, True),
+        _u(ExitCode.ROLLED_BACK, FAIL, True),
+        _u(ExitCode.NEEDS_REBOOT, REBOOT_RUN, True),
+        _u(ExitCode.RESTART_ENGINE, ENGINE_RUN, True),
+        _u(ExitCode.DOWNGRADE_REFUSED, FAIL, True),
+        _u(ExitCode.ROLLED_BACK_UNKNOWN_APPS, FAIL, True),
+        _u(ExitCode.NO_ROLLBACK_TARGET, FAIL, True),
+    ]
+)
+_USB_RUN = dict(
+    [
+        _u(ExitCode.OK, UPDATED),
+        _u(ExitCode.ERROR, FAIL),
+        _u(ExitCode.INSTALL_PENDING, FAIL),
+        _u(ExitCode.NOTHING_PENDING, NOTHING_PENDING),
+        _u(ExitCode.BOOT_FIRMWARE, UPDATED_BOOT_FW),
+        _u(ExitCode.ROLLED_BACK, ROLLED_BACK),
+        _u(ExitCode.NEEDS_REBOOT, REBOOT_ROLLBACK),
+        _u(ExitCode.ROLLED_BACK_UNKNOWN_APPS, ROLLED_BACK),
+        _u(ExitCode.NO_ROLLBACK_TARGET, FAIL),
+    ]
+)
+_USB_CHECK = dict(
+    [
+        (int(ExitCode.OK), _m(NO_UPDATE, "already on the best target")),
+        _u(ExitCode.UPDATE_AVAILABLE, UPDATE_AVAILABLE),
+    ]
+)
+_USB_CURRENT = dict([_u(ExitCode.OK, READ_OUTPUT)])
 
 _V1_INSTALL = {
     0: _m(UP_TO_DATE, "the target is already installed", True),

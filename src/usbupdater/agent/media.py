@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import re
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,13 +96,6 @@ class Media:
         self.s = s
         self._log = log.get_logger("media")
 
-    def _run(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
-        """Exit code and bounded output; a timeout or a missing tool is a MediaError."""
-        try:
-            return proc.run(argv, os.path.basename(argv[0]), self.s.command_timeout, check=False)
-        except proc.CommandError as exc:
-            raise MediaError(exc.reason) from exc
-
     def mount(self, stick: Stick, *, rw: bool = False) -> Path:
         base = self.s.media_dir
         base.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -120,14 +112,18 @@ class Media:
             mountpoint=str(point),
         )
         t0 = time.monotonic()
-        proc = self._run(argv)
-        seconds = round(time.monotonic() - t0, 4)
-        if proc.returncode != 0:
+        try:
+            done = proc.run(argv, os.path.basename(argv[0]), self.s.command_timeout, check=False)
+        except proc.CommandError as exc:  # timed out or missing: fixed text
             _rmdir(point)
-            why = (proc.stderr or proc.stdout).strip().splitlines()
+            raise MediaError(exc.reason) from exc
+        seconds = round(time.monotonic() - t0, 4)
+        if done.returncode != 0:
+            _rmdir(point)
+            why = (done.stderr or done.stdout).strip().splitlines()
             raise MediaError(
                 f"cannot mount {safe_text(stick.devnode, 100)} ({safe_text(stick.fs_type, 20)}): "
-                + safe_text(why[-1] if why else f"{argv[0]} exited {proc.returncode}", 200)
+                + safe_text(why[-1] if why else f"{argv[0]} exited {done.returncode}", 200)
             )
         self._log.info(
             "mounted", device=stick.devnode, mountpoint=str(point), rw=rw, seconds=seconds
@@ -138,8 +134,8 @@ class Media:
         """Unmount; a busy mount is detached lazily. False when even that failed."""
         ok = True
         if is_mounted(point):
-            proc = self._run(fill(self.s.umount_command, mountpoint=str(point)))
-            if proc.returncode != 0 and is_mounted(point):
+            failed = self._umount(self.s.umount_command, point) is not None
+            if failed and is_mounted(point):
                 self._log.warning("mount busy: detaching lazily", mountpoint=str(point))
                 ok = self.lazy_unmount(point)
         _rmdir(point)
@@ -149,13 +145,20 @@ class Media:
         """Detach now (files still open stay readable until closed, or fail if the device left)."""
         if not is_mounted(point):
             return True
-        proc = self._run(fill(self.s.lazy_umount_command, mountpoint=str(point)))
-        if proc.returncode != 0 and is_mounted(point):
-            self._log.error(
-                "cannot unmount", mountpoint=str(point), error=safe_text(proc.stderr.strip(), 200)
-            )
+        err = self._umount(self.s.lazy_umount_command, point)
+        if err is not None and is_mounted(point):
+            self._log.error("cannot unmount", mountpoint=str(point), error=err)
             return False
         return True
+
+    def _umount(self, template: tuple[str, ...], point: Path) -> Optional[str]:
+        """Run an unmount template; None when it worked, else why not (fixed text)."""
+        argv = fill(template, mountpoint=str(point))
+        try:
+            proc.run(argv, os.path.basename(argv[0]), self.s.command_timeout)
+        except proc.CommandError as exc:
+            return exc.reason
+        return None
 
 
 def _rmdir(point: Path) -> None:

@@ -1,40 +1,42 @@
-"""What to do after each exit code: pure decisions, one table per command (spec section 4).
+"""The job's state machine: every transition is a pure decision here (spec section 4).
 
-Kept free of I/O so every code is unit-tested; the service only carries the decisions out. The
-codes are read through the core's dialect (dialect.py: ours or aklite-offline's), so the
-decisions depend only on the normalised action.
+Kept free of I/O so every transition is unit-tested as a table; jobs.py only carries the
+decisions out. The core's codes are read through its dialect (dialect.py: ours or
+aklite-offline's), so the decisions depend only on the normalised action.
+
+One stick's job: MOUNTING -> INSTALLING -> (RESTARTING_ENGINE ->) FINISHING (`run`) ->
+REPORTING -> DONE, leaving for REBOOTING (DONE for this boot) wherever the core asks for a
+reboot; after the boot `resume` picks the state up again from the marker.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Optional
 
 from usbupdater.agent import dialect as dialects
 
-# Short meanings for people (status file, report), by exit code.
-MEANINGS: dict[int, str] = {
-    0: "ok",
-    1: "unexpected error",
-    6: "no target for this device in the bundle",
-    8: "target content missing from the bundle",
-    11: "the bundle failed a security check (signature, threshold, rollback)",
-    12: "the bundle's metadata has expired",
-    14: "the bundle's metadata is missing",
-    15: "the bundle's metadata is invalid (type, tag, signature or expiry)",
-    20: "the requested target is not in the bundle",
-    30: "an earlier installation is still pending",
-    40: "nothing was pending",
-    60: "not enough space on the device",
-    80: "the bundle's content does not match its signed metadata",
-    90: "boot firmware update",
-    99: "the update failed; the device is back on the previous version",
-    100: "reboot needed",
-    101: "apps installed; the Docker engine needs a restart",
-    102: "downgrade refused",
-    110: "the new version failed to boot; rolled back, the previous apps are unknown",
-    120: "the apps failed and no rollback target is known",
+
+class State(str, Enum):
+    """What a job is doing; the value is the status board's phase."""
+
+    MOUNTING = "mounting"
+    INSTALLING = "installing"
+    RESTARTING_ENGINE = "restarting-engine"
+    FINISHING = "finishing"  # `run`: start the apps, confirm the boot, or roll back
+    REBOOTING = "rebooting"
+    REPORTING = "reporting"
+    DONE = "done"
+
+
+# The marker's `step` (journal.JobRecord) for each state that can be interrupted.
+JOURNAL_STEP = {
+    State.INSTALLING: "install",
+    State.RESTARTING_ENGINE: "engine",
+    State.FINISHING: "run",
+    State.REBOOTING: "reboot",
 }
 
 # Results a finished job can have (status file `result`, report `result`).
@@ -42,28 +44,114 @@ UPDATED = "updated"
 UP_TO_DATE = "up-to-date"
 ROLLED_BACK = "rolled-back"
 FAILED = "failed"
+IGNORED = "ignored"  # no bundle, or one already handled: the job ends without a result
+
+# What mounting found.
+MOUNT_FAILED = "mount-failed"
+NO_BUNDLE = "no-bundle"
+BUNDLE = "bundle"
+
+MAX_INSTALL_ATTEMPTS = 2  # installs the service was stopped in before it gives up
+INTERRUPTED = "the service stopped during the install"
 
 
 @dataclass(frozen=True)
 class Decision:
-    """`step`: done | reboot | engine | run. `after_reboot`: run | install | none."""
+    """The next `state`; `result` and `message` for REPORTING, `after_reboot` (run | install |
+    none) for REBOOTING."""
 
-    step: str
+    state: State
     result: str = ""
     message: str = ""
     after_reboot: str = "none"
 
 
-def meaning(code: Optional[int], dialect: str = dialects.USBUPDATER, command: str = "") -> str:
-    if code is None:
-        return "the updater did not finish"
-    if command:
-        return dialects.interpret(dialect, command, code).text
-    return MEANINGS.get(code, f"exit code {code}")
+@dataclass(frozen=True)
+class Facts:
+    """What a job learnt in its current state (only the fields that state reads matter)."""
+
+    found: str = BUNDLE  # MOUNTING
+    handled: bool = False  # MOUNTING: this bundle's identity is in handled.json
+    replugged: bool = False  # MOUNTING: the stick was unplugged in this run of the service
+    code: Optional[int] = None  # INSTALLING, FINISHING: the core's exit code
+    reason: str = ""
+    dialect: str = dialects.USBUPDATER
+    confirm_boot_firmware: bool = True
+    rolling_back: bool = False  # FINISHING: an earlier `run` asked to reboot to roll back
+    reboots: int = 0  # reboots this job has asked for so far
+    max_reboots: int = 3
+
+
+def transition(state: State, f: Facts) -> Decision:
+    """The state after `state`, given what the job learnt in it."""
+    if state is State.MOUNTING:
+        d = after_mount(f.found, f.handled, f.replugged)
+    elif state is State.INSTALLING:
+        d = after_install(f.code, f.reason, f.dialect)
+    elif state is State.RESTARTING_ENGINE:
+        d = Decision(State.FINISHING, message="starting the apps")
+    elif state is State.FINISHING:
+        d = after_run(f.code, f.reason, f.confirm_boot_firmware, f.rolling_back, f.dialect)
+    else:  # REBOOTING ends the job in this boot (resume goes on); REPORTING ends it
+        d = Decision(State.DONE)
+    return cap_reboots(d, f.reboots, f.max_reboots)
+
+
+def after_mount(found: str, handled: bool, replugged: bool) -> Decision:
+    """A stick without a bundle is ignored; a bundle already handled is too, unless the stick was
+    unplugged and plugged in again (a person asking to retry)."""
+    if found == MOUNT_FAILED:
+        return Decision(State.DONE, FAILED)
+    if found != BUNDLE or (handled and not replugged):
+        return Decision(State.DONE, IGNORED)
+    return Decision(State.INSTALLING, message="verifying the bundle")
+
+
+def cap_reboots(d: Decision, reboots: int, max_reboots: int) -> Decision:
+    """A job that already asked for `max_reboots` reboots fails instead of rebooting again."""
+    if d.state is State.REBOOTING and reboots >= max_reboots:
+        return Decision(State.REPORTING, FAILED, f"gave up after {reboots} reboots: {d.message}")
+    return d
+
+
+def retrying(prev_bundle: str, prev_step: str, bundle: str) -> bool:
+    """The marker shows the service stopped while installing this same bundle: this install is
+    another attempt (counted, notes kept)."""
+    return prev_bundle == bundle and prev_step == JOURNAL_STEP[State.INSTALLING]
+
+
+def resume(
+    step: str, after_reboot: str, rebooted: bool, stick_present: bool, attempts: int
+) -> Decision:
+    """Where a job the marker shows in flight goes on at service start. INSTALLING means: keep
+    the marker in step `install` and install when the stick is seen (it may still be there)."""
+    if step == JOURNAL_STEP[State.INSTALLING]:  # the updater went down with the service
+        if not stick_present:
+            return Decision(State.REPORTING, FAILED, f"{INTERRUPTED}, and the stick is gone")
+        if attempts >= MAX_INSTALL_ATTEMPTS:
+            return Decision(State.REPORTING, FAILED, f"{INTERRUPTED}, twice: giving up")
+        return Decision(
+            State.INSTALLING, message=f"{INTERRUPTED}; trying again if the stick is still there"
+        )
+    if step == JOURNAL_STEP[State.REBOOTING] and not rebooted:
+        return Decision(
+            State.REBOOTING,
+            message="the reboot did not happen; rebooting",
+            after_reboot=after_reboot,
+        )
+    if step == JOURNAL_STEP[State.REBOOTING] and after_reboot == "install":
+        if not stick_present:
+            why = "the boot firmware is confirmed; plug the stick in again to install"
+            return Decision(State.REPORTING, FAILED, why)
+        return Decision(State.INSTALLING)
+    if step == JOURNAL_STEP[State.REBOOTING] and after_reboot == "none":
+        return Decision(State.REPORTING, UPDATED, "updated")
+    # after a reboot that asked for `run`, or a crash during the engine or run steps
+    return Decision(State.FINISHING, message="finishing the update after the reboot")
 
 
 def _failed(text: str, reason: str) -> Decision:
-    return Decision("done", FAILED, f"{text}: {reason}" if reason else text)
+    return Decision(State.REPORTING, FAILED, f"{text}: {reason}" if reason else text)
 
 
 def after_install(
@@ -71,20 +159,22 @@ def after_install(
 ) -> Decision:
     m = dialects.interpret(dialect, "install", code)
     if m.action == dialects.UP_TO_DATE:
-        return Decision("done", UP_TO_DATE, "nothing to do: the device already runs this target")
+        return Decision(
+            State.REPORTING, UP_TO_DATE, "nothing to do: the device already runs this target"
+        )
     if m.action == dialects.REBOOT_RUN:
-        return Decision("reboot", "", "installed; rebooting into the new version", "run")
+        return Decision(State.REBOOTING, "", "installed; rebooting into the new version", "run")
     if m.action == dialects.REBOOT_INSTALL:
         return Decision(
-            "reboot",
+            State.REBOOTING,
             "",
             "a boot firmware update must be confirmed by a reboot first; installing after it",
             "install",
         )
     if m.action == dialects.ENGINE_RUN:
-        return Decision("engine", "", "apps installed; restarting the Docker engine")
+        return Decision(State.RESTARTING_ENGINE, "", "apps installed; restarting the Docker engine")
     if m.action == dialects.RUN:  # e.g. an install the service was killed in
-        return Decision("run", "", "an installation is pending; finishing it first")
+        return Decision(State.FINISHING, "", "an installation is pending; finishing it first")
     return _failed(m.text, reason)
 
 
@@ -99,21 +189,27 @@ def after_run(
     failed, previous version redeployed), so this `run` finishes the rollback, not the update."""
     m = dialects.interpret(dialect, "run", code)
     if m.action == dialects.UPDATED and rolling_back:
-        return Decision("done", ROLLED_BACK, "the update failed; the previous version runs again")
+        return Decision(
+            State.REPORTING, ROLLED_BACK, "the update failed; the previous version runs again"
+        )
     if m.action == dialects.UPDATED:
-        return Decision("done", UPDATED, "updated; the apps are running")
+        return Decision(State.REPORTING, UPDATED, "updated; the apps are running")
     if m.action == dialects.UPDATED_BOOT_FW:
         if confirm_boot_firmware:
             return Decision(
-                "reboot", UPDATED, "updated; rebooting once more to confirm the boot firmware"
+                State.REBOOTING,
+                UPDATED,
+                "updated; rebooting once more to confirm the boot firmware",
             )
-        return Decision("done", UPDATED, "updated; the boot firmware is confirmed at next reboot")
+        return Decision(
+            State.REPORTING, UPDATED, "updated; the boot firmware is confirmed at next reboot"
+        )
     if m.action == dialects.REBOOT_ROLLBACK:
-        return Decision("reboot", "", "the apps failed; rolling back: rebooting", "run")
+        return Decision(State.REBOOTING, "", "the apps failed; rolling back: rebooting", "run")
     if m.action == dialects.ROLLED_BACK:
-        return Decision("done", ROLLED_BACK, m.text + (f": {reason}" if reason else ""))
+        return Decision(State.REPORTING, ROLLED_BACK, m.text + (f": {reason}" if reason else ""))
     if m.action == dialects.NOTHING_PENDING:
-        return Decision("done", UP_TO_DATE, "nothing was pending")
+        return Decision(State.REPORTING, UP_TO_DATE, "nothing was pending")
     return _failed(m.text, reason)
 
 
@@ -125,18 +221,17 @@ def rolls_back(outcome: Mapping[str, Any]) -> bool:
     return dialects.interpret(d, "run", outcome.get("code")).action == dialects.REBOOT_ROLLBACK
 
 
-# Codes an `install` can only return once the bundle's metadata verified against the device's
-# roots (spec section 4): anything else, an unknown code or no code at all (the updater did not
-# run or finish) means the stick proved nothing, and it gets no report (and no read-write mount).
-VERIFIED_CODES = frozenset((0, 6, 8, 20, 30, 40, 60, 80, 90, 99, 100, 101, 102, 110, 120))
-UNVERIFIED_CODES = frozenset((1, 11, 12, 14, 15))
+def rolling_back(earlier: Sequence[Mapping[str, Any]]) -> bool:
+    """An earlier `run` of this job answered "reboot to roll back", so a `run` now finishes the
+    rollback, not the update."""
+    return any(rolls_back(o) for o in earlier)
 
 
 def metadata_verified(code: Optional[int], dialect: str = dialects.USBUPDATER) -> bool:
-    """True when `code` of `install` comes after the bundle's metadata verified (spec section
-    4); for another core, what its dialect's table says."""
-    if dialect == dialects.USBUPDATER:
-        return code in VERIFIED_CODES
+    """True when `code` of `install` can only come after the bundle's metadata verified against
+    the device's roots (spec section 4), as the dialect's table says: anything else, an unknown
+    code or no code at all (the updater did not run or finish) means the stick proved nothing,
+    and it gets no report (and no read-write mount)."""
     return dialects.interpret(dialect, "install", code).verified
 
 

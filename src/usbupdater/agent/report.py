@@ -24,8 +24,8 @@ from typing import Any, Optional
 
 from usbupdater.agent import dialect as dialects
 from usbupdater.agent.journal import JobRecord
-from usbupdater.agent.policy import meaning
 from usbupdater.agent.settings import AgentSettings
+from usbupdater.errors import ExitCode
 from usbupdater.fsutil import atomic_write
 from usbupdater.textsafe import clean, safe_text
 
@@ -54,7 +54,7 @@ def failed(o: dict[str, Any]) -> bool:
 
 
 def _meaning(o: dict[str, Any]) -> str:
-    return str(o.get("meaning") or meaning(o.get("code")))
+    return str(o.get("meaning") or ExitCode.describe(o.get("code")))
 
 
 def iso(ts: float) -> str:

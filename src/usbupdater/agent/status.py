@@ -13,12 +13,14 @@ status file, the notify hook, the console and sd_notify only ever see one escape
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
+import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 from usbupdater import log, proc
 from usbupdater.agent.settings import AgentSettings
@@ -65,8 +67,23 @@ def sd_notify(message: str) -> None:
         pass
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _locked(method: _F) -> _F:
+    """The dispatcher and the worker thread both write the board: one at a time."""
+
+    @functools.wraps(method)
+    def call(self: StatusBoard, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return call  # type: ignore[return-value]
+
+
 class StatusBoard:
-    """The one place that says what the agent is doing; every write is atomic."""
+    """The one place that says what the agent is doing; every write is atomic. Safe to use from
+    the dispatcher and the worker thread (one lock; `doc` is read through `snapshot`/`get`)."""
 
     def __init__(self, s: AgentSettings, clock: Callable[[], float] = time.time) -> None:
         self.s = s
@@ -74,11 +91,31 @@ class StatusBoard:
         self._log = log.get_logger("status")
         self.doc: dict[str, Any] = {}
         self._console_mark: tuple[str, int] = ("", -1)
+        self._lock = threading.RLock()
 
     @property
     def path(self) -> Path:
         return self.s.status_file
 
+    @_locked
+    def snapshot(self) -> dict[str, Any]:
+        return dict(self.doc)
+
+    @_locked
+    def get(self, key: str) -> Any:
+        return self.doc.get(key)
+
+    @_locked
+    def restore(self, doc: dict[str, Any]) -> None:
+        """Put back what `snapshot` returned (written at the next `set`)."""
+        self.doc = dict(doc)
+
+    @_locked
+    def remember(self, **fields: Any) -> None:
+        """Keep fields for the next write, without a write of their own."""
+        self.doc.update(clean(fields, MAX_FIELD))
+
+    @_locked
     def set(self, phase: str, message: str = "", **fields: Any) -> None:
         """Move to `phase`; other keys (target, device, result, code, ...) are kept until reset."""
         previous = self.doc.get("phase")
@@ -96,6 +133,7 @@ class StatusBoard:
             sd_notify(f"STATUS={phase}: {safe_text(doc['message'], 180)}")
         self._console()
 
+    @_locked
     def progress(self, percent: Optional[float], message: str, step: str = "") -> None:
         """A progress record from the core, inside the current phase."""
         self.doc.update(
@@ -107,6 +145,7 @@ class StatusBoard:
         self._write()
         self._console()
 
+    @_locked
     def reset(self, **fields: Any) -> None:
         """Forget the previous job's fields (target, device, result, ...)."""
         self.doc = {k: v for k, v in self.doc.items() if k in ("phase", "message")}
