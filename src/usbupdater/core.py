@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from usbupdater import decisions, fsutil, log, progress
-from usbupdater.booted import BootedCommitSource, ProcCmdlineBootedCommit, RecordedBootedCommit
+from usbupdater.booted import BootedCommitSource, ProcCmdlineBootedCommit
 from usbupdater.bootloader import (
     Bootloader,
     RebootSentinel,
@@ -54,6 +54,7 @@ from usbupdater.state import utcnow as _utcnow
 if TYPE_CHECKING:
     from usbupdater.apps.runner import AppsContext
     from usbupdater.apps.store import AppStore
+    from usbupdater.checkin import CheckIn
 
 logger = log.get_logger("core")
 
@@ -81,25 +82,32 @@ def storage_watermark(cfg: Config) -> int:
 
 
 class Device:
-    """The adapters of one device, built from configuration (the simulation plugs in here)."""
+    """The adapters of one device, built from configuration.
 
-    def __init__(self, cfg: Config) -> None:
+    `booted_source` and `bootloader` replace the real ones (the kernel command line, the
+    `[bootloader] rollback_mode` tools): the simulation kit (`usbupdater.sim.core`) injects its
+    recorded boot and file-backed boot variables here.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        booted_source: Optional[BootedCommitSource] = None,
+        bootloader: Optional[Bootloader] = None,
+    ) -> None:
         self.cfg = cfg
         self.state = StateStore(cfg.state_dir)
-        uu = cfg.table("usbupdater")
-        record = uu.get_opt_path("boot_record")
-        source: BootedCommitSource = (
-            RecordedBootedCommit(record) if record else ProcCmdlineBootedCommit(cfg.pacman.sysroot)
-        )
+        source = booted_source or ProcCmdlineBootedCommit(cfg.pacman.sysroot)
         self.rootfs = OstreeSysroot(cfg.pacman.sysroot, cfg.pacman.os, booted_source=source)
-        self._env_file = uu.get_opt_path("bootloader_env_file")
-        self._tool_dir = uu.get_opt_path("bootloader_tool_dir")
         self.sentinel = RebootSentinel.from_config(cfg.bootloader)
+        if bootloader is not None:
+            self.__dict__["bootloader"] = bootloader  # the cached_property's slot
 
     @cached_property
     def bootloader(self) -> Bootloader:
         return make_bootloader(
-            self.cfg.bootloader.rollback_mode, tool_dir=self._tool_dir, env_file=self._env_file
+            self.cfg.bootloader.rollback_mode, tool_dir=self.cfg.usbupdater.bootloader_tool_dir
         )
 
     @cached_property
@@ -228,6 +236,30 @@ def write_current_target(path: Path, target: TargetRecord) -> None:
     tag_list = [str(t) for t in tags] if isinstance(tags, list) else []
     lines.append(f"TAG={shell_quote(','.join(tag_list))}")
     fsutil.atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+# --- check -------------------------------------------------------------------------------------
+
+
+def check(cfg: Config, src: Path, *, device: Optional[Device] = None) -> CheckIn:
+    """What `install` would do with this bundle, decided the same way; changes nothing.
+
+    No lock and no write: the trust session is never committed, preloaded apps are verified
+    without recording the verdict. Trust failures raise (11/12/14/15); `CheckIn.code` is the
+    exit code (0 already on the best target, 16 one is installable, else the refusal).
+    """
+    from usbupdater.apps.preload import DeviceAppStore
+    from usbupdater.bundle import Bundle
+    from usbupdater.checkin import device_facts, failed_targets, select, verify_content
+
+    dev = device or Device(cfg)
+    facts = device_facts(cfg, dev.state.load(), failed_targets(dev.state.history()))
+    booted = booted_or_none(dev, quiet=True)
+    apps = DeviceAppStore(cfg.pacman.reset_apps_root, persist=False)
+    installed = apps.has_app_version if cfg.pacman.apps_enabled else None
+    with Bundle.open(src) as bundle:
+        chosen = select(cfg, bundle, facts, booted=booted, app_installed=installed)
+        return verify_content(chosen, bundle)
 
 
 # --- install -----------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ import datetime
 import io
 import json
 import os
+import shlex
 import signal
 import subprocess
 import tarfile
@@ -59,6 +60,7 @@ from typing import Any, Optional, Union
 from usbupdater.sim.apps import WrittenApp, WrittenImage, blob_path, write_apps
 from usbupdater.sim.device import SimDevice
 from usbupdater.sim.factory import HUB, Factory, PublishedTarget
+from usbupdater.sim.setup import CORE_ARGV
 
 GATEWAY = "https://ota-lite.foundries.io:8443"  # factory-registration-ref settings' default
 OSTREE_SERVER = "https://ostree.foundries.io:8443"
@@ -231,10 +233,12 @@ def sim_snippet_text(
         "[bootloader]\n"
         f"reboot_command = {_q(reboot_command)}\n"
         f"reboot_sentinel_dir = {_q(dev.sentinel_dir)}\n"
-        "[usbupdater]\n"
-        f"lock_path = {_q(paths.root / 'run/lock/aklite.lock')}\n"
+        "[sim]\n"
         f"boot_record = {_q(dev.record_file)}\n"
         f"bootloader_env_file = {_q(dev.env_file)}\n"
+        "[usbupdater]\n"
+        f"lock_path = {_q(paths.root / 'run/lock/aklite.lock')}\n"
+        f"updater_command = {_q(shlex.join(CORE_ARGV))}\n"
         f"docker_host = {_q(docker_host)}\n"
         f"apps_start_timeout = {apps_start_timeout}\n"
         f"status_file = {_q(dev.run_dir / 'usbupdater/status.json')}\n" + extra
