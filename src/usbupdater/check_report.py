@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from usbupdater import timefmt
 from usbupdater.checkin import CheckIn
 from usbupdater.errors import UpdaterError
 from usbupdater.selection import Action, Stage
@@ -63,7 +64,7 @@ def describe(result: CheckIn) -> dict[str, Any]:
         "metadata": {
             "root_version": md.root_version,
             "targets_version": md.targets_version,
-            "expires": md.expires.isoformat(),
+            "expires": timefmt.text(md.expires),
             "from_device_cache": md.from_device_cache,
             "bundle": {"type": bt.type, "tag": bt.tag, "targets": list(bt.targets)} if bt else None,
         },

@@ -28,7 +28,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from usbupdater import decisions, fsutil, log, progress
+from usbupdater import decisions, fsutil, log, progress, timefmt
 from usbupdater.booted import BootedCommitSource, ProcCmdlineBootedCommit
 from usbupdater.bootloader import (
     Bootloader,
@@ -49,7 +49,6 @@ from usbupdater.lock import AkliteLock
 from usbupdater.progress import Progress
 from usbupdater.rootfs import OstreeSysroot
 from usbupdater.state import DeviceState, LastResult, PendingInstall, StateStore, TargetRecord
-from usbupdater.state import utcnow as _utcnow
 
 if TYPE_CHECKING:
     from usbupdater.apps.runner import AppsContext
@@ -145,7 +144,7 @@ class Device:
 
 def finish(dev: Device, state: DeviceState, command: str, outcome: Outcome) -> Outcome:
     """Record the outcome as the last result (the state's commit point of a finished step)."""
-    result = LastResult(command, int(outcome.code), outcome.message, outcome.target, _utcnow())
+    result = LastResult(command, int(outcome.code), outcome.message, outcome.target, timefmt.now())
     dev.state.save(replace(state, last_result=result))  # COMMIT POINT
     ok = outcome.code == ExitCode.OK
     progress.emit(Progress("done", outcome.message, 1 if ok else None, 1 if ok else None))
@@ -363,7 +362,7 @@ def _install_locked(
             raise
     target = TargetRecord(t.name, t.version, t.sha256, dict(cand.apps), dict(t.custom))
     txn = transaction_id(target, current, ci.trusted.targets_version)
-    pending = PendingInstall(target, current, rootfs_changed, txn, _utcnow())
+    pending = PendingInstall(target, current, rootfs_changed, txn, timefmt.now())
     code = decisions.install_code(rootfs_changed)
     message = (
         f"installed {t.name}: reboot, then call `usbupdater run`"
