@@ -17,6 +17,7 @@ from usbupdater import __version__
 from usbupdater.errors import ConfigError, ExitCode, UpdaterError
 
 if TYPE_CHECKING:
+    from usbupdater.checkin import CheckIn
     from usbupdater.config import Config
     from usbupdater.core import Device
 
@@ -150,7 +151,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     return int(result.code)
 
 
-def _check_kind(args: argparse.Namespace) -> Any:
+def _check_kind(args: argparse.Namespace) -> CheckIn:
     """The office check: a kind of device given on the command line, no configuration."""
     from pathlib import Path
 
