@@ -15,16 +15,20 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from usbupdater import cli
-from usbupdater.config import Config
-from usbupdater.core import Device
-from usbupdater.sim.boot import FileBootloader, RecordedBootedCommit
+
+if TYPE_CHECKING:  # imported when used, as `cli` does: after it configured the log
+    from usbupdater.config import Config
+    from usbupdater.core import Device
 
 
 def sim_device(cfg: Config) -> Device:
     """The core's device with the boot record and boot variables `[sim]` names."""
+    from usbupdater.core import Device
+    from usbupdater.sim.boot import FileBootloader, RecordedBootedCommit
+
     t = cfg.table("sim")
     record = t.get_opt_path("boot_record")
     env = t.get_opt_path("bootloader_env_file")
