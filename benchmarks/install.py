@@ -25,7 +25,7 @@ from pathlib import Path
 from usbupdater.sim.apps import AppSpec, ServiceSpec
 from usbupdater.sim.device import SimDevice, remove_tree
 from usbupdater.sim.factory import Factory, TargetSpec
-from usbupdater.sim.setup import create_device
+from usbupdater.sim.setup import CORE_ARGV, create_device
 
 
 def fresh_device(work: Path, name: str, factory: Factory, flashed: str) -> tuple[SimDevice, Path]:
@@ -36,7 +36,7 @@ def ours(cfg: Path, bundle: Path) -> tuple[float, int]:
     """Wall time and peak RSS (KiB) of one `usbupdater install`."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "usbupdater", "install", "-s", str(bundle), "-c", str(cfg)],
+        [*CORE_ARGV, "install", "-s", str(bundle), "-c", str(cfg)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

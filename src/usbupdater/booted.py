@@ -1,19 +1,18 @@
 """Which OSTree commit the running system booted, and the boot entries that say so.
 
 A device asks the kernel command line (`ostree=`), resolved through its symlink to
-`<commit>.<serial>`; the simulation kit asks its recorded boot instead. Both are a
-`BootedCommitSource`, which `OstreeSysroot` takes.
+`<commit>.<serial>`; the simulation kit asks its recorded boot instead (`usbupdater.sim.boot`).
+Both are a `BootedCommitSource`, which `OstreeSysroot` takes.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Optional, Protocol
 
 from usbupdater.errors import AdapterError
-from usbupdater.ostree_cli import Deployment, is_commit, parse_deploy_dir, parse_status, run_ostree
+from usbupdater.ostree_cli import Deployment, parse_deploy_dir, parse_status, run_ostree
 
 
 class BootedCommitSource(Protocol):
@@ -91,26 +90,3 @@ class ProcCmdlineBootedCommit:
         )
         booted = [d for d in parse_status(done.stdout) if d.booted]
         return booted[0].commit if booted else None
-
-
-class RecordedBootedCommit:
-    """The booted commit as a simulated bootloader recorded it (JSON with a "commit" key).
-
-    Used by the simulation kit and the demo, where nothing really boots.
-    """
-
-    def __init__(self, record: Path) -> None:
-        self.record = Path(record)
-
-    def booted_commit(self) -> Optional[str]:
-        # The simulation replaces the record atomically: a reader never sees a partial file.
-        try:
-            data = json.loads(self.record.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            raise AdapterError(f"{self.record}: cannot read boot record: {exc}") from None
-        commit = data.get("commit") if isinstance(data, dict) else None
-        if commit is None or (isinstance(commit, str) and is_commit(commit)):
-            return commit
-        raise AdapterError(f"{self.record}: invalid boot record (commit {commit!r})")

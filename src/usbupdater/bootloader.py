@@ -10,7 +10,6 @@ after a good boot (`set_boot_ok`), respect a pending boot firmware update
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -189,52 +188,10 @@ class ToolBootloader(Bootloader):
             raise AdapterError(f"{self.setenv} {name} {value} failed (exit {done.returncode})")
 
 
-class FileBootloader(Bootloader):
-    """Variables in one JSON file: the simulated device's environment (and the demo's)."""
-
-    def __init__(self, path: Path, mode: str = "uboot_masked") -> None:
-        self.path = Path(path)
-        self.mode = mode
-
-    def read_all(self) -> dict[str, str]:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            raise AdapterError(f"{self.path}: cannot read boot environment: {exc}") from None
-        if not isinstance(data, dict):
-            raise AdapterError(f"{self.path}: boot environment is not a JSON object")
-        return {str(k): str(v) for k, v in data.items()}
-
-    def write_all(self, values: dict[str, str]) -> None:
-        atomic_write(self.path, json.dumps(values, indent=1, sort_keys=True).encode())
-
-    def get(self, name: str) -> Optional[str]:
-        return self.read_all().get(name)
-
-    def set(self, name: str, value: str) -> None:
-        values = self.read_all()
-        values[name] = str(value)
-        self.write_all(values)
-
-    def unset(self, name: str) -> None:
-        values = self.read_all()
-        if values.pop(name, None) is not None:
-            self.write_all(values)
-
-
-def make_bootloader(
-    rollback_mode: str,
-    *,
-    tool_dir: Optional[Path] = None,
-    env_file: Optional[Path] = None,
-) -> Bootloader:
-    """The backend for `[bootloader] rollback_mode`; `env_file` selects the file-backed one."""
+def make_bootloader(rollback_mode: str, *, tool_dir: Optional[Path] = None) -> Bootloader:
+    """The backend for `[bootloader] rollback_mode` (the simulation injects its own)."""
     if rollback_mode not in ROLLBACK_MODES:
         raise ConfigError(f"[bootloader] rollback_mode: unknown mode {rollback_mode!r}")
-    if env_file is not None:
-        return FileBootloader(env_file, mode=rollback_mode)
     if rollback_mode == "none":
         return NoBootloader()
     if rollback_mode in ("uboot_generic", "uboot_masked"):
@@ -245,10 +202,6 @@ def make_bootloader(
     return ToolBootloader(
         rollback_mode, f"{prefix}_printenv", f"{prefix}_setenv", tool_dir=tool_dir
     )
-
-
-def from_config(cfg: BootloaderConfig, *, env_file: Optional[Path] = None) -> Bootloader:
-    return make_bootloader(cfg.rollback_mode, env_file=env_file)
 
 
 class RebootSentinel:

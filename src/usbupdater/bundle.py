@@ -13,7 +13,6 @@ and by `ostree pull-local --untrusted` (the commit); `tuf/` is read by `usbupdat
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +21,10 @@ from typing import BinaryIO, Optional
 
 from usbupdater import safeio
 from usbupdater.errors import MetadataMissingError
+from usbupdater.hexdigest import is_sha256_hex
 from usbupdater.safeio import UnsafePathError
 from usbupdater.target import InvalidTargetError, parse_ref
 
-HEX64 = re.compile(r"[0-9a-f]{64}")
 MAX_URI = 1024  # an app URI file: "<host>/<factory>/<app>@sha256:<64 hex>"
 MAX_COMMIT_OBJECT = 1 << 20  # an OSTree commit object is a few hundred bytes
 
@@ -98,7 +97,7 @@ class Bundle:
 
     def commit_problem(self, commit: str) -> Optional[str]:
         """None when the commit object is in `ostree_repo/objects/`, else why it is not."""
-        if not HEX64.fullmatch(commit):
+        if not is_sha256_hex(commit):
             return f"{commit!r} is not an OSTree commit hash"
         rel = f"ostree_repo/objects/{commit[:2]}/{commit[2:]}.commit"
         try:
@@ -135,7 +134,7 @@ class Bundle:
                 continue
             for h in hexes:
                 rel = f"apps/apps/{app}/{h}"
-                if not HEX64.fullmatch(h):
+                if not is_sha256_hex(h):
                     continue  # a stray directory or file
                 try:
                     raw = safeio.read_file(top, f"{app}/{h}/uri", MAX_URI)
@@ -172,6 +171,6 @@ class Bundle:
         Raises FileNotFoundError when absent, UnsafePathError when it (or a directory on the
         way) is a link, device, FIFO or too large, or when `hexdigest` is not 64 lowercase hex.
         """
-        if not HEX64.fullmatch(hexdigest):
+        if not is_sha256_hex(hexdigest):
             raise UnsafePathError(hexdigest, "is not a sha256 hex digest")
         return safeio.open_file(self._dir("apps/blobs/sha256"), hexdigest, max_size)

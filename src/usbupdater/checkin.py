@@ -8,9 +8,11 @@ with a source that stores the blobs, so both always agree on what would be insta
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Optional
 
 from usbupdater.apps.model import BlobSource, VerifiedApp
@@ -24,7 +26,6 @@ from usbupdater.selection import (
     CurrentTarget,
     DeviceFacts,
     Selection,
-    Stage,
     required_apps,
     select_target,
 )
@@ -138,144 +139,103 @@ def select(
     booted: Optional[str] = None,
     app_installed: Optional[Callable[[str, str], bool]] = None,
 ) -> CheckIn:
-    """Verify trust (raises 11/12/14/15) and select; app content is not read yet.
+    """Verify trust against the configured device (raises 11/12/14/15) and select."""
+    session = TrustSession.from_config(cfg, bundle.path / "tuf", now)
+    return select_with(
+        session,
+        bundle,
+        device,
+        target_name=target_name,
+        force=force,
+        booted=booted,
+        app_installed=app_installed,
+    )
+
+
+def select_with(
+    session: TrustSession,
+    bundle: Bundle,
+    device: DeviceFacts,
+    *,
+    target_name: Optional[str] = None,
+    force: bool = False,
+    booted: Optional[str] = None,
+    app_installed: Optional[Callable[[str, str], bool]] = None,
+) -> CheckIn:
+    """Verify trust with `session` (raises 11/12/14/15) and select; app content is not read yet.
 
     `booted` (the booted commit) lets a device without a recorded current target know its
     initial one; `app_installed` tells which of its apps it has.
     """
-    session = TrustSession.from_config(cfg, bundle.path / "tuf", now)
     trusted = session.verify()
     initial = None
     if device.current is None and booted:
         initial = initial_target(trusted.targets, device, booted, app_installed)
-        device = replace(
-            device,
-            current=CurrentTarget(
-                initial.name, initial.version, initial.sha256, dict(initial.apps)
-            ),
-        )
+        device = replace(device, current=as_current(initial))
     names = trusted.bundle_targets.targets if trusted.bundle_targets else None
     selection = select_target(trusted.targets, names, device, bundle, target_name, force)
     return CheckIn(trusted, device, selection, session, initial=initial)
 
 
-def verify_content(result: CheckIn, blobs: BlobSource) -> CheckIn:
+def verify_content(
+    result: CheckIn, blobs: BlobSource, platform: Optional[tuple[str, Optional[str]]] = None
+) -> CheckIn:
     """Verify the selected target's apps blob by blob (when there is something to install).
 
     `blobs` is where they are read: the bundle, or for `install` a source that copies each blob
-    into the device store in the same read.
+    into the device store in the same read. `platform` (architecture, variant): the images'
+    platform; default this machine's (matched as composectl does, apps.verify).
     """
     sel = result.selection
     chosen = sel.selected
     if sel.error is not None or chosen is None or sel.action is not Action.INSTALL:
         return result
     try:
-        arch, variant = machine_platform()  # matched as composectl does (apps.verify)
+        arch, variant = platform or machine_platform()
         apps = verify_apps(blobs, chosen.apps, arch, variant)
     except UpdaterError as exc:
         return replace(result, content_error=exc)
     return replace(result, apps=apps)
 
 
-# --- presentation ------------------------------------------------------------------------------
+# --- a kind of device (the office check) -------------------------------------------------------
 
 
-def describe(result: CheckIn) -> dict[str, Any]:
-    """A JSON-able account of every target and why it would or would not be installed."""
-    sel = result.selection
-    chosen = sel.selected.target.name if sel.selected else None
-    targets: list[dict[str, Any]] = []
-    for c in sel.candidates:
-        t = c.target
-        status = "selected" if t.name == chosen and sel.error is None else "installable"
-        if t.name == chosen and sel.action is Action.ALREADY_INSTALLED:
-            status = "installed"
-        targets.append(
-            {
-                "name": t.name,
-                "version": t.version,
-                "ostree": t.sha256,
-                "status": status,
-                "reason": c.apps_note,
-                "apps": {a: {"uri": u, "on": a in c.apps} for a, u in sorted(t.apps.items())},
-            }
+@dataclass(frozen=True)
+class DeviceKind:
+    """A kind of device, to check a bundle for it without being one: no sysroot, no state."""
+
+    hardware_id: str
+    tags: tuple[str, ...]
+    device_type: str  # "ci" or "prod": which roots, which bundle type
+    roots: Path  # the device's shipped roots: `<roots>/{ci,prod}/N.root.json` or `N.root.json`
+    platform: tuple[str, Optional[str]]  # the images' (architecture, variant)
+
+    @property
+    def roots_dir(self) -> Path:
+        """The device's layout (`/usr/lib/sota/tuf`) or the one directory of roots."""
+        sub = self.roots / ("prod" if self.device_type == "prod" else "ci")
+        return sub if sub.is_dir() else self.roots
+
+
+def check_kind(src: Path, kind: DeviceKind, now: Optional[datetime] = None) -> CheckIn:
+    """`check` for a device of this kind that was never updated: its shipped roots only (no
+    stored trust, no time floor), no current target, every app of the target; nothing written."""
+    facts = DeviceFacts(
+        hardware_id=kind.hardware_id,
+        tags=kind.tags,
+        compose_apps=None,
+        reset_apps=(),
+        apps_enabled=True,
+        current=None,
+    )
+    with tempfile.TemporaryDirectory() as empty, Bundle.open(src) as bundle:
+        session = TrustSession(
+            bundle.path / "tuf",
+            shipped_roots_dir=kind.roots_dir,
+            device_type=kind.device_type,
+            device_tags=kind.tags,
+            store_dir=Path(empty) / "tuf",  # stays empty: `commit` is never called
+            now=now,
         )
-    for r in sel.rejections:
-        rt = r.target
-        targets.append(
-            {
-                "name": r.name,
-                "version": rt.version if rt else None,
-                "ostree": rt.sha256 if rt else None,
-                "status": "not-for-device" if r.stage <= Stage.NOT_FOR_DEVICE else "rejected",
-                "reason": r.reason,
-                "apps": {a: {"uri": u, "on": False} for a, u in sorted(rt.apps.items())}
-                if rt
-                else {},
-            }
-        )
-    targets.sort(key=lambda d: (d["version"] is None, -(d["version"] or 0), d["name"]))
-    md = result.trusted
-    bt = md.bundle_targets
-    return {
-        "code": int(result.code),
-        "error": result.error.reason if result.error else None,
-        "selected": chosen,
-        "action": sel.action.value if sel.action else None,
-        "device": {
-            "hardware_id": result.device.hardware_id,
-            "tags": list(result.device.tags),
-            "current": result.device.current.name if result.device.current else None,
-        },
-        "metadata": {
-            "root_version": md.root_version,
-            "targets_version": md.targets_version,
-            "expires": md.expires.isoformat(),
-            "from_device_cache": md.from_device_cache,
-            "bundle": {"type": bt.type, "tag": bt.tag, "targets": list(bt.targets)} if bt else None,
-        },
-        "targets": targets,
-    }
-
-
-def format_text(doc: Mapping[str, Any]) -> str:
-    """The account for a person at a terminal."""
-    lines = []
-    md = doc["metadata"]
-    bundle = md["bundle"]
-    origin = (
-        f"bundle for tag {bundle['tag']} ({bundle['type']})"
-        if bundle
-        else "legacy bundle (no bundle-targets.json)"
-    )
-    lines.append(
-        f"Bundle metadata: verified, {origin}; targets v{md['targets_version']}, "
-        f"root v{md['root_version']}, expires {md['expires']}"
-    )
-    if md["from_device_cache"]:
-        lines.append("  (the bundle's metadata is older than the device's: using the device's)")
-    dev = doc["device"]
-    lines.append(
-        f"Device: {dev['hardware_id']}, tags {', '.join(dev['tags']) or '(none)'}, "
-        f"running {dev['current'] or 'an unrecorded target'}"
-    )
-    lines.append("Found Targets:")
-    shown = [t for t in doc["targets"] if t["status"] != "not-for-device"]
-    for t in shown:
-        mark = {"selected": "*", "installed": "="}.get(t["status"], " ")
-        lines.append(f" {mark} {t['name']} (version {t['version']}): {t['status']}")
-        if t["ostree"]:
-            lines.append(f"\tostree: {t['ostree']}")
-        for app, a in t["apps"].items():
-            lines.append(f"\t\t({'on' if a['on'] else 'off'}) {app} -> {a['uri']}")
-        lines.append(f"\t{t['reason']}")
-    hidden = len(doc["targets"]) - len(shown)
-    if hidden:
-        lines.append(f"   ({hidden} other target(s) are not for this device; --json lists them)")
-    if doc["error"]:
-        lines.append(f"Result: {doc['error']}")
-    elif doc["action"] == Action.ALREADY_INSTALLED.value:
-        lines.append(f"Result: the device already runs {doc['selected']}")
-    else:
-        lines.append(f"Result: {doc['selected']} can be installed")
-    return "\n".join(lines)
+        return verify_content(select_with(session, bundle, facts), bundle, kind.platform)

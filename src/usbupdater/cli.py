@@ -11,12 +11,24 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any, Callable, NoReturn, Optional
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional
 
 from usbupdater import __version__
-from usbupdater.errors import ExitCode, UpdaterError
+from usbupdater.errors import ConfigError, ExitCode, UpdaterError
+
+if TYPE_CHECKING:
+    from usbupdater.checkin import CheckIn
+    from usbupdater.config import Config
+    from usbupdater.core import Device
 
 Handler = Callable[[argparse.Namespace], int]
+DeviceFactory = Callable[["Config"], "Device"]
+
+
+def _real_device(cfg: Config) -> Device:
+    from usbupdater.core import Device
+
+    return Device(cfg)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -131,40 +143,45 @@ def _service_status(path: Any) -> Optional[dict[str, Any]]:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Verify a bundle against this device and show every target; change nothing."""
-    from usbupdater.bundle import Bundle
-    from usbupdater.checkin import (
-        describe,
-        device_facts,
-        failed_targets,
-        format_text,
-        select,
-        verify_content,
-    )
-    from usbupdater.core import Device, booted_or_none
-    from usbupdater.state import StateStore
-
-    cfg = _load_config(args)
-    store = StateStore(cfg.state_dir)
-    facts = device_facts(cfg, store.load(), failed_targets(store.history()))
-    dev = Device(cfg)
-    booted = booted_or_none(dev, quiet=True)
-    from usbupdater.apps.preload import DeviceAppStore
-
-    # Preloaded apps verified from the store, without caching the verdict: check writes nothing.
-    apps = DeviceAppStore(cfg.pacman.reset_apps_root, persist=False)
-    installed = apps.has_app_version if cfg.pacman.apps_enabled else None
+    """Verify a bundle against this device (or a kind of device) and show every target."""
     from pathlib import Path
 
-    from usbupdater.stick_bundles import DeviceView, resolve
+    from usbupdater import check_report, core
 
-    src = resolve(cfg, Path(args.src_dir), DeviceView(facts, booted, installed))
-    with Bundle.open(src) as bundle:
-        chosen = select(cfg, bundle, facts, booted=booted, app_installed=installed)
-        result = verify_content(chosen, bundle)
-    doc = describe(result)
-    print(json.dumps(doc, indent=2) if args.json else format_text(doc))
+    try:
+        if args.device_roots is not None:
+            result = _check_kind(args)
+        else:
+            cfg = _load_config(args)
+            result = core.check(cfg, Path(args.src_dir), device=args.make_device(cfg))
+    except UpdaterError as exc:
+        if args.json:  # scripts get their one object; the line on stderr says it too
+            print(json.dumps(check_report.failure(exc), indent=2))
+        raise
+    doc = check_report.describe(result)
+    print(json.dumps(doc, indent=2) if args.json else check_report.format_text(doc))
     return int(result.code)
+
+
+def _check_kind(args: argparse.Namespace) -> CheckIn:
+    """The office check: a kind of device given on the command line, no configuration."""
+    from pathlib import Path
+
+    from usbupdater.checkin import DeviceKind, check_kind
+    from usbupdater.hostinfo import docker_platform, machine_platform
+
+    roots = Path(args.device_roots)
+    if not roots.is_dir():
+        raise ConfigError(f"--device-roots {roots}: not a directory")
+    tags = tuple(t.strip() for arg in args.tag or () for t in arg.split(",") if t.strip())
+    kind = DeviceKind(
+        hardware_id=args.hwid,
+        tags=tags,
+        device_type=args.type,
+        roots=roots,
+        platform=docker_platform(args.arch) if args.arch else machine_platform(),
+    )
+    return check_kind(Path(args.src_dir), kind)
 
 
 def cmd_install(args: argparse.Namespace) -> int:
@@ -172,11 +189,12 @@ def cmd_install(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from usbupdater import core
-    from usbupdater.stick_bundles import resolve
+    from usbupdater.stick_bundles import device_view, resolve
 
     cfg = _load_config(args)
-    src = resolve(cfg, Path(args.src_dir))  # a stick with several bundles: this device's
-    outcome = core.install(cfg, src, target_name=args.target, force=args.force)
+    dev = args.make_device(cfg)
+    src = resolve(cfg, Path(args.src_dir), device_view(cfg, dev))  # a stick with several bundles
+    outcome = core.install(cfg, src, target_name=args.target, force=args.force, device=dev)
     return _print_result(args, int(outcome.code), outcome.message, outcome.target)
 
 
@@ -184,7 +202,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Finish the pending installation after the reboot (or engine restart)."""
     from usbupdater import core
 
-    outcome = core.run(_load_config(args))
+    cfg = _load_config(args)
+    outcome = core.run(cfg, device=args.make_device(cfg))
     return _print_result(args, int(outcome.code), outcome.message, outcome.target)
 
 
@@ -215,7 +234,7 @@ def cmd_pick(args: argparse.Namespace) -> int:
     elif not names:
         choice = Choice(None, ExitCode.NO_TARGET, "no bundle on the stick")
     else:
-        choice, verdicts = pick(cfg, stick, names, device_view(cfg))
+        choice, verdicts = pick(cfg, stick, names, device_view(cfg, args.make_device(cfg)))
     if args.json:
         doc = {
             "chosen": choice.chosen,  # a directory name: the caller matches it against its own
@@ -276,7 +295,28 @@ def build_parser() -> argparse.ArgumentParser:
         "exit 16 when a newer target is installable, 0 when already on the best one",
     )
     p.add_argument("-s", "--src-dir", required=True, metavar="DIR", help="the bundle directory")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    office = p.add_argument_group(
+        "a kind of device (no configuration, sysroot or state needed: e.g. at the office)"
+    )
+    office.add_argument(
+        "--device-roots",
+        metavar="ROOTS",
+        help="the device's trusted root metadata: a directory like /usr/lib/sota/tuf "
+        "(ci/ and prod/ of N.root.json), or one holding N.root.json",
+    )
+    office.add_argument("--hwid", metavar="H", help="the device's hardware id")
+    office.add_argument(
+        "--tag", action="append", metavar="T", help="the device's tag (repeatable, or T1,T2)"
+    )
+    office.add_argument(
+        "--type", choices=("ci", "prod"), default="ci", help="the device's type (default ci)"
+    )
+    office.add_argument(
+        "--arch",
+        metavar="MACHINE",
+        help="the device's machine (uname -m, e.g. aarch64) for the app images; default this one",
+    )
     p = add(
         "install",
         cmd_install,
@@ -334,9 +374,18 @@ def _result_json(p: argparse.ArgumentParser) -> None:
     )
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(
+    argv: Optional[Sequence[str]] = None, *, make_device: Optional[DeviceFactory] = None
+) -> int:
+    """The program; `make_device` builds the core's `Device` from the configuration (default:
+    the real adapters; the simulation kit passes its own, see `usbupdater.sim.core`)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "check" and args.device_roots is None and (args.hwid or args.tag):
+        parser.error("check: --hwid and --tag describe a kind of device: give --device-roots too")
+    if args.command == "check" and args.device_roots is not None and not args.hwid:
+        parser.error("check: --device-roots needs --hwid")
+    args.make_device = make_device or _real_device
     from usbupdater import log
 
     log.configure(args.log_level)

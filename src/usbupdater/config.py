@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from usbupdater.errors import ConfigError
+from usbupdater.settings import UsbUpdaterSettings
+from usbupdater.settings import parse as parse_usbupdater
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -39,7 +41,6 @@ DOCKER_PROBES: tuple[tuple[Path, ...], ...] = (
     (Path("/usr/bin/dockerd"), Path("/usr/sbin/dockerd")),
     (Path("/usr/bin/docker"),),
 )
-DEVICE_TYPES = ("", "ci", "prod")
 
 
 @dataclass(frozen=True)
@@ -102,34 +103,19 @@ class ImportConfig:
 
 
 @dataclass(frozen=True)
-class UsbUpdaterConfig:
-    """Our own `[usbupdater]` table; every key is documented in the README."""
-
-    state_dir: Optional[Path] = None  # default: <storage.path>/usbupdater
-    lock_path: Path = Path("/var/lock/aklite.lock")
-    # "ci", "prod", or "" (unknown: ci roots, no bundle type check). `load` resolves it from
-    # the device certificate when the key is unset (devicetype.py); the reason says how.
-    device_type: str = ""
-    device_type_reason: str = ""
-    docker_host: str = ""  # empty: $DOCKER_HOST, else the engine's default socket
-    apps_start_timeout: float = 120.0  # seconds for every service to run (and be healthy)
-    status_file: Path = Path("/run/usbupdater/status.json")
-
-
-@dataclass(frozen=True)
 class Config:
     provision: ProvisionConfig
     storage: StorageConfig = field(default_factory=StorageConfig)
     pacman: PacmanConfig = field(default_factory=PacmanConfig)
     bootloader: BootloaderConfig = field(default_factory=BootloaderConfig)
     import_: ImportConfig = field(default_factory=ImportConfig)
-    usbupdater: UsbUpdaterConfig = field(default_factory=UsbUpdaterConfig)
+    usbupdater: UsbUpdaterSettings = field(default_factory=UsbUpdaterSettings)
     sources: tuple[Path, ...] = ()  # files read, in order
     # The merged tables as read, so a component can parse keys of its own (see `table`).
     tables: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, repr=False)
 
     def table(self, name: str) -> Table:
-        """Typed access to one merged table (e.g. the agent's keys in `[usbupdater]`)."""
+        """Typed access to one merged table (e.g. the simulation's `[sim]`)."""
         return Table(name, self.tables.get(name, {}))
 
     @property
@@ -350,16 +336,7 @@ def from_tables(tables: Mapping[str, Mapping[str, Any]], sources: tuple[Path, ..
                 else None
             ),
         ),
-        usbupdater=UsbUpdaterConfig(
-            state_dir=uu.get_opt_path("state_dir"),
-            lock_path=uu.get_path("lock_path", UsbUpdaterConfig.lock_path),
-            device_type=uu.get_choice("device_type", "", DEVICE_TYPES),
-            docker_host=uu.get_str("docker_host", ""),
-            apps_start_timeout=uu.get_float(
-                "apps_start_timeout", UsbUpdaterConfig.apps_start_timeout
-            ),
-            status_file=uu.get_path("status_file", UsbUpdaterConfig.status_file),
-        ),
+        usbupdater=parse_usbupdater(uu, storage_path),
         sources=sources,
         tables={k: dict(v) for k, v in tables.items()},
     )

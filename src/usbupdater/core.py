@@ -28,8 +28,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from usbupdater import decisions, fsutil, log, progress
-from usbupdater.booted import BootedCommitSource, ProcCmdlineBootedCommit, RecordedBootedCommit
+from usbupdater import decisions, fsutil, log, progress, timefmt
+from usbupdater.booted import BootedCommitSource, ProcCmdlineBootedCommit
 from usbupdater.bootloader import (
     Bootloader,
     RebootSentinel,
@@ -49,11 +49,11 @@ from usbupdater.lock import AkliteLock
 from usbupdater.progress import Progress
 from usbupdater.rootfs import OstreeSysroot
 from usbupdater.state import DeviceState, LastResult, PendingInstall, StateStore, TargetRecord
-from usbupdater.state import utcnow as _utcnow
 
 if TYPE_CHECKING:
     from usbupdater.apps.runner import AppsContext
     from usbupdater.apps.store import AppStore
+    from usbupdater.checkin import CheckIn
 
 logger = log.get_logger("core")
 
@@ -81,25 +81,32 @@ def storage_watermark(cfg: Config) -> int:
 
 
 class Device:
-    """The adapters of one device, built from configuration (the simulation plugs in here)."""
+    """The adapters of one device, built from configuration.
 
-    def __init__(self, cfg: Config) -> None:
+    `booted_source` and `bootloader` replace the real ones (the kernel command line, the
+    `[bootloader] rollback_mode` tools): the simulation kit (`usbupdater.sim.core`) injects its
+    recorded boot and file-backed boot variables here.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        booted_source: Optional[BootedCommitSource] = None,
+        bootloader: Optional[Bootloader] = None,
+    ) -> None:
         self.cfg = cfg
         self.state = StateStore(cfg.state_dir)
-        uu = cfg.table("usbupdater")
-        record = uu.get_opt_path("boot_record")
-        source: BootedCommitSource = (
-            RecordedBootedCommit(record) if record else ProcCmdlineBootedCommit(cfg.pacman.sysroot)
-        )
+        source = booted_source or ProcCmdlineBootedCommit(cfg.pacman.sysroot)
         self.rootfs = OstreeSysroot(cfg.pacman.sysroot, cfg.pacman.os, booted_source=source)
-        self._env_file = uu.get_opt_path("bootloader_env_file")
-        self._tool_dir = uu.get_opt_path("bootloader_tool_dir")
         self.sentinel = RebootSentinel.from_config(cfg.bootloader)
+        if bootloader is not None:
+            self.__dict__["bootloader"] = bootloader  # the cached_property's slot
 
     @cached_property
     def bootloader(self) -> Bootloader:
         return make_bootloader(
-            self.cfg.bootloader.rollback_mode, tool_dir=self._tool_dir, env_file=self._env_file
+            self.cfg.bootloader.rollback_mode, tool_dir=self.cfg.usbupdater.bootloader_tool_dir
         )
 
     @cached_property
@@ -137,7 +144,7 @@ class Device:
 
 def finish(dev: Device, state: DeviceState, command: str, outcome: Outcome) -> Outcome:
     """Record the outcome as the last result (the state's commit point of a finished step)."""
-    result = LastResult(command, int(outcome.code), outcome.message, outcome.target, _utcnow())
+    result = LastResult(command, int(outcome.code), outcome.message, outcome.target, timefmt.now())
     dev.state.save(replace(state, last_result=result))  # COMMIT POINT
     ok = outcome.code == ExitCode.OK
     progress.emit(Progress("done", outcome.message, 1 if ok else None, 1 if ok else None))
@@ -228,6 +235,29 @@ def write_current_target(path: Path, target: TargetRecord) -> None:
     tag_list = [str(t) for t in tags] if isinstance(tags, list) else []
     lines.append(f"TAG={shell_quote(','.join(tag_list))}")
     fsutil.atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+# --- check -------------------------------------------------------------------------------------
+
+
+def check(cfg: Config, src: Path, *, device: Optional[Device] = None) -> CheckIn:
+    """What `install` would do with this bundle, decided the same way; changes nothing.
+
+    No lock and no write: the trust session is never committed, preloaded apps are verified
+    without recording the verdict. Trust failures raise (11/12/14/15); `CheckIn.code` is the
+    exit code (0 already on the best target, 16 one is installable, else the refusal).
+    """
+    from usbupdater.bundle import Bundle
+    from usbupdater.checkin import select, verify_content
+    from usbupdater.stick_bundles import device_view, resolve
+
+    view = device_view(cfg, device or Device(cfg))
+    src = resolve(cfg, src, view)  # a stick with several bundles: the one for this device
+    with Bundle.open(src) as bundle:
+        chosen = select(
+            cfg, bundle, view.facts, booted=view.booted, app_installed=view.app_installed
+        )
+        return verify_content(chosen, bundle)
 
 
 # --- install -----------------------------------------------------------------------------------
@@ -331,7 +361,7 @@ def _install_locked(
             raise
     target = TargetRecord(t.name, t.version, t.sha256, dict(cand.apps), dict(t.custom))
     txn = transaction_id(target, current, ci.trusted.targets_version)
-    pending = PendingInstall(target, current, rootfs_changed, txn, _utcnow())
+    pending = PendingInstall(target, current, rootfs_changed, txn, timefmt.now())
     code = decisions.install_code(rootfs_changed)
     message = (
         f"installed {t.name}: reboot, then call `usbupdater run`"

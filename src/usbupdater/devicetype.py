@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Optional
 
 PRODUCTION = "production"
-DEFAULT_BASE_PATH = Path("/var/sota/import")  # aktualizr ImportConfig::base_path
 DEFAULT_CLIENT_CERT = Path("/var/sota/client.pem")  # what LmP's sota.toml sets
 NO_FILE = "no such file"
 MAX_CERT_BYTES = 64 * 1024  # a PEM client certificate is about 1 KiB; a chain a few

@@ -97,10 +97,6 @@ class UpdaterError(Exception):
         return self.reason
 
 
-class UsageError(UpdaterError):
-    """Bad command-line usage."""
-
-
 class ConfigError(UpdaterError):
     """A configuration file is malformed or a required key is missing."""
 

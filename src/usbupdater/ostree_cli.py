@@ -20,17 +20,18 @@ from usbupdater.errors import (
     UpdaterError,
     VerificationError,
 )
+from usbupdater.hexdigest import PATTERN as HEX
+from usbupdater.hexdigest import is_sha256_hex
 
-COMMIT_RE = re.compile(r"^[0-9a-f]{64}$")
 # "* lmp 0a64...ab.1 (pending)" -- a deployment line of `ostree admin status`.
-_STATUS_LINE = re.compile(r"^(?P<mark>[* ]) (?P<os>\S+) (?P<commit>[0-9a-f]{64})\.(?P<serial>\d+)")
+_STATUS_LINE = re.compile(rf"^(?P<mark>[* ]) (?P<os>\S+) (?P<commit>{HEX})\.(?P<serial>\d+)")
 # "-00644 0 0 100000 <checksum> /usr/big" -- one entry of `ostree ls -R -C`.
 _LS_LINE = re.compile(
-    r"^(?P<type>[-dl])(?P<mode>[0-7]+)\s+\d+\s+\d+\s+(?P<size>\d+)\s+(?P<csum>[0-9a-f]{64})\s"
+    rf"^(?P<type>[-dl])(?P<mode>[0-7]+)\s+\d+\s+\d+\s+(?P<size>\d+)\s+(?P<csum>{HEX})\s"
 )
 # "-00644 0 0     23 /usr/lib/firmware/version.txt" -- `ostree ls -d` (a link ends " -> target").
 LS_ENTRY = re.compile(r"^(?P<type>[-dl])[0-7]+\s+\d+\s+\d+\s+(?P<size>\d+)\s(?P<path>/\S*)")
-_DEPLOY_DIR = re.compile(r"^(?P<commit>[0-9a-f]{64})\.(?P<serial>\d+)$")
+_DEPLOY_DIR = re.compile(rf"^(?P<commit>{HEX})\.(?P<serial>\d+)$")
 
 # Seconds per ostree subcommand. pull-local and ls read the stick (a slow one: a few MB/s);
 # deploy and cleanup write the sysroot. The agent's own `updater_timeout` (3600) caps the whole
@@ -50,7 +51,7 @@ logger = log.get_logger("rootfs")
 
 
 def is_commit(value: str) -> bool:
-    return bool(COMMIT_RE.match(value))
+    return is_sha256_hex(value)
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,7 @@ _CORRUPT = (
     "decompress",
 )
 _MISSING = ("couldn't find", "no such metadata object", "not found", "no such file")
-_CHECKSUM = re.compile(r"(?<![0-9a-f])([0-9a-f]{64})(?![0-9a-f])")
+_CHECKSUM = re.compile(rf"(?<![0-9a-f])({HEX})(?![0-9a-f])")
 
 
 def content_error(done: proc.Completed, commit: str) -> UpdaterError:

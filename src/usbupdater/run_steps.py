@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Optional
 
-from usbupdater import decisions, log, progress
+from usbupdater import decisions, log, progress, timefmt
 from usbupdater.core import (
     Device,
     Outcome,
@@ -26,7 +26,6 @@ from usbupdater.errors import (
     UpdaterError,
 )
 from usbupdater.state import DeviceState, PendingInstall, TargetRecord
-from usbupdater.state import utcnow as _utcnow
 
 if TYPE_CHECKING:
     pass
@@ -199,7 +198,7 @@ def _after_apps_failure(
         dev.bootloader.update_notify()
         dev.sentinel.set()
         txn = f"{p.txn}-rollback"  # stable: a re-run after a kill is the same rollback
-        rollback = PendingInstall(prev, None, True, txn, _utcnow(), rollback_of=p.target.name)
+        rollback = PendingInstall(prev, None, True, txn, timefmt.now(), rollback_of=p.target.name)
         tell_aklite(dev, prev, "pending", p.target)
         outcome = Outcome(
             ExitCode.NEEDS_REBOOT,

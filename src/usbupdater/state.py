@@ -15,20 +15,15 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
-from usbupdater import fsutil
+from usbupdater import fsutil, timefmt
 from usbupdater.errors import StateError
 
 STATE_FORMAT = "usbupdater-state"
 STATE_VERSION = 1
 MAX_STATE_BYTES = 4 * 1024 * 1024
-
-
-def utcnow() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
@@ -90,7 +85,7 @@ class PendingInstall:
             previous=TargetRecord.from_json(prev) if isinstance(prev, dict) else None,
             reboot_required=_typed(d, "reboot_required", bool),
             txn=_typed(d, "txn", str),
-            installed_at=str(d.get("installed_at", "")),
+            installed_at=timefmt.normalize(str(d.get("installed_at", ""))),
             rollback_of=d["rollback_of"] if isinstance(d.get("rollback_of"), str) else None,
         )
 
@@ -120,7 +115,7 @@ class LastResult:
             code=_typed(d, "code", int),
             message=_typed(d, "message", str),
             target=target if isinstance(target, str) else None,
-            time=str(d.get("time", "")),
+            time=timefmt.normalize(str(d.get("time", ""))),
         )
 
 
@@ -270,7 +265,7 @@ class StateStore:
         Returns False when skipped, so re-running a killed step never duplicates history.
         """
         record = dict(entry)
-        record.setdefault("time", utcnow())
+        record.setdefault("time", timefmt.now())
         entry_id = record.get("id")
         if entry_id is not None and any(e.get("id") == entry_id for e in self.history()):
             return False

@@ -20,6 +20,7 @@ from usbupdater.stick_choice import Choice, Verdict, choose
 
 if TYPE_CHECKING:
     from usbupdater.config import Config
+    from usbupdater.core import Device
     from usbupdater.selection import DeviceFacts
 
 MARKER = "tuf/targets.json"
@@ -60,15 +61,14 @@ class DeviceView:
     app_installed: Optional[Callable[[str, str], bool]] = None
 
 
-def device_view(cfg: Config) -> DeviceView:
+def device_view(cfg: Config, dev: Device) -> DeviceView:
+    """Gathered as `check` does: state, the booted commit, preloaded apps (nothing written)."""
     from usbupdater.apps.preload import DeviceAppStore
     from usbupdater.checkin import device_facts, failed_targets
-    from usbupdater.core import Device, booted_or_none
-    from usbupdater.state import StateStore
+    from usbupdater.core import booted_or_none
 
-    store = StateStore(cfg.state_dir)
-    facts = device_facts(cfg, store.load(), failed_targets(store.history()))
-    booted = booted_or_none(Device(cfg), quiet=True)
+    facts = device_facts(cfg, dev.state.load(), failed_targets(dev.state.history()))
+    booted = booted_or_none(dev, quiet=True)
     apps = DeviceAppStore(cfg.pacman.reset_apps_root, persist=False)
     return DeviceView(facts, booted, apps.has_app_version if cfg.pacman.apps_enabled else None)
 
@@ -101,7 +101,7 @@ def pick(
     return choose(verdicts), verdicts
 
 
-def resolve(cfg: Config, src: Path, view: Optional[DeviceView] = None) -> Path:
+def resolve(cfg: Config, src: Path, view: DeviceView) -> Path:
     """The bundle directory `-s src` means (see the module text); raises 6 or 1 when a stick
     with several bundles has none, or no single newest one, for this device."""
     try:
@@ -112,7 +112,7 @@ def resolve(cfg: Config, src: Path, view: Optional[DeviceView] = None) -> Path:
         return src
     if len(names) == 1:
         return src / names[0]
-    choice, _ = pick(cfg, src, names, view or device_view(cfg))
+    choice, _ = pick(cfg, src, names, view)
     if choice.chosen is None:
         if choice.code == ExitCode.NO_TARGET:
             raise NoTargetError(choice.message)

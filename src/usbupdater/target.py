@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Optional
 
+from usbupdater import hexdigest
 from usbupdater.safeio import MAX_NAME
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 # <host>/<path>@sha256:<hex>; host may carry a port, path has one or more components.
 _IMAGE_REF = re.compile(
     r"(?P<host>[A-Za-z0-9.-]+(?::[0-9]+)?)/(?P<path>[a-z0-9._-]+(?:/[a-z0-9._-]+)*)"
-    r"@sha256:(?P<hex>[0-9a-f]{64})"
+    rf"@sha256:(?P<hex>{hexdigest.PATTERN})"
 )
 _APP_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
@@ -118,7 +118,7 @@ def parse_target(name: str, entry: Any) -> Target:
         raise InvalidTargetError("entry is not an object")
     hashes = entry.get("hashes")
     sha = hashes.get("sha256") if isinstance(hashes, Mapping) else None
-    if not isinstance(sha, str) or not _HEX64.fullmatch(sha):
+    if not isinstance(sha, str) or not hexdigest.is_sha256_hex(sha):
         raise InvalidTargetError("hashes.sha256 is not an OSTree commit (64 lowercase hex)")
     custom = entry.get("custom")
     if not isinstance(custom, Mapping):

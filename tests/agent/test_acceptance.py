@@ -9,11 +9,11 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +36,7 @@ from usbupdater.agent.settings import machine_pseudonym
 from usbupdater.sim.apps import AppSpec, ServiceSpec, corrupt_blob
 from usbupdater.sim.dockerd import PrivateDockerd
 from usbupdater.sim.factory import Factory, PublishedTarget, TargetSpec
+from usbupdater.sim.setup import CORE_ARGV
 from usbupdater.sim.signer import edit
 from usbupdater.sim.sticks import Sticks, mounts_under, sh
 
@@ -209,8 +210,7 @@ def test_aktualizr_lite_stays_stopped_across_the_reboot(bench: Any, tmp_path: Pa
     log = tmp_path / "events.log"
     wrapper = write_script(
         tmp_path / "updater.sh",
-        f'[ "$1" = current ] || echo "updater $1" >> {log}\n'
-        f'exec {sys.executable} -m usbupdater "$@"\n',
+        f'[ "$1" = current ] || echo "updater $1" >> {log}\nexec {shlex.join(CORE_ARGV)} "$@"\n',
     )
     b = bench(f'updater_command = "{wrapper}"\n', aklite=stateful_aklite(tmp_path))
     b.agent.start()
@@ -356,7 +356,7 @@ def test_stick_removed_during_install(bench: Any, tmp_path: Path) -> None:
         tmp_path / "updater.sh",
         f'if [ "$1" = install ]; then touch {gate}/started; '
         f"while [ ! -e {gate}/go ]; do sleep 0.05; done; fi\n"
-        f'exec {sys.executable} -m usbupdater "$@"\n',
+        f'exec {shlex.join(CORE_ARGV)} "$@"\n',
     )
     b = bench(f'updater_command = "{wrapper}"\n')
     before = b.rig.snapshot()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from tests.faults.conftest import Kit, converges, on_v1, one_line, pull_running,
 from tests.integration.rig import Rig
 from usbupdater.sim.dockerd import PrivateDockerd
 from usbupdater.sim.faultfs import FaultStick
+from usbupdater.sim.setup import CORE_ARGV
 from usbupdater.sim.sticks import sh
 
 pytestmark = pytest.mark.integration
@@ -126,7 +126,7 @@ def fill_under_install(
     """Install v2 from a stick that stalls at `stall_in`; fill `fs` while it waits."""
     rig = t.rig
     with FaultStick(kit.b2, tmp_path / "stick", stall=(stall_in, MiB // 2, 120.0)) as stick:
-        argv = [sys.executable, "-m", "usbupdater", "install", "-s", str(stick.path)]
+        argv = [*CORE_ARGV, "install", "-s", str(stick.path)]
         proc = subprocess.Popen(
             [*argv, "-c", str(rig.config)],
             stdout=subprocess.PIPE,

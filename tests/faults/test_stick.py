@@ -11,7 +11,6 @@ import hashlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pytest
 from tests.faults.conftest import Kit, converges, on_v1, one_line, pull_running, unchanged
 from tests.integration.rig import Rig
 from usbupdater.sim.faultfs import FaultStick, FileFault
+from usbupdater.sim.setup import CORE_ARGV
 
 pytestmark = pytest.mark.integration
 
@@ -96,7 +96,7 @@ def test_stall_in_a_layer_ends_with_the_kill(rig: Rig, kit: Kit, tmp_path: Path)
     before = rig.snapshot()
     stall = (kit.layer_blob(), 1 << 20, 3600.0)
     with FaultStick(kit.b2, tmp_path / "stick", stall=stall) as stick:
-        argv = [sys.executable, "-m", "usbupdater", "install", "-s", str(stick.path)]
+        argv = [*CORE_ARGV, "install", "-s", str(stick.path)]
         core = subprocess.Popen(
             [*argv, "-c", str(rig.config)],
             stdout=subprocess.DEVNULL,
@@ -145,7 +145,7 @@ def test_stall_in_the_pull_the_killed_core_takes_ostree_with_it(
     repo = rig.device.sysroot / "ostree" / "repo"
     left: list[int] = []
     with FaultStick(kit.b2, tmp_path / "stick", stall=(kit.filez(), 4096, 3600.0)) as stick:
-        argv = [sys.executable, "-m", "usbupdater", "install", "-s", str(stick.path)]
+        argv = [*CORE_ARGV, "install", "-s", str(stick.path)]
         core = subprocess.Popen(
             [*argv, "-c", str(rig.config)],
             stdout=subprocess.DEVNULL,

@@ -15,10 +15,10 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +31,7 @@ from tests.agent.conftest import Agent, agent_settings_toml
 from tests.hostile.cases import ALL, METADATA_CODES, POSITIVE, Case
 from tests.hostile.conftest import Corpus, device, record, renew_device
 from tests.integration.rig import Rig
+from usbupdater.sim.setup import CORE_ARGV
 from usbupdater.sim.sticks import mounts_under, sh
 
 pytestmark = pytest.mark.integration
@@ -131,7 +132,7 @@ def run_cli(rig: Rig, args: list[str], needles: list[str], workdir: Path) -> Run
     process) in its own process group; kill the group at the timeout."""
     out, err, rss = workdir / "stdout", workdir / "stderr", workdir / "rss"
     rss.unlink(missing_ok=True)
-    argv = ["/usr/bin/time", "-f", "%M", "-o", str(rss), sys.executable, "-m", "usbupdater"]
+    argv = ["/usr/bin/time", "-f", "%M", "-o", str(rss), *CORE_ARGV]
     with open(out, "wb") as o, open(err, "wb") as e:
         proc = subprocess.Popen(
             [*argv, *args, "-c", str(rig.config)],
@@ -300,7 +301,7 @@ def agent_config(corpus: Corpus) -> tuple[Path, Path, Path]:
     cfg.write_text(
         "[usbupdater]\n"
         f'agent_state_dir = "{root / "state"}"\n'
-        f'updater_command = "/usr/bin/time -a -o {rss_log} -f %M {sys.executable} -m usbupdater"\n'
+        f'updater_command = "/usr/bin/time -a -o {rss_log} -f %M {shlex.join(CORE_ARGV)}"\n'
         "updater_timeout = 600\n" + agent_settings_toml(root, corpus.sticks, runtime)
     )
     return cfg, runtime / "status.json", rss_log

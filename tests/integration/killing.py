@@ -23,7 +23,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ import pytest
 
 from tests.integration.rig import Rig
 from usbupdater.sim.factory import PublishedTarget
+from usbupdater.sim.setup import CORE_ARGV
 
 DEADLINE = 120.0  # a point not reached by then is a failure, not a hang
 POLL = 0.002
@@ -180,7 +180,7 @@ def blob_copying(rig: Rig) -> bool:
 
 def kill_at(rig: Rig, args: list[str], point: Point) -> Killed:
     """Run `usbupdater ARGS -c CONFIG` and SIGKILL its whole process group at `point`."""
-    cmd = [sys.executable, "-m", "usbupdater", *args, "-c", str(rig.config)]
+    cmd = [*CORE_ARGV, *args, "-c", str(rig.config)]
     proc = subprocess.Popen(
         cmd,
         stdin=subprocess.DEVNULL,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import docker
 
 from usbupdater.sim.dockerd import PrivateDockerd
 from usbupdater.sim.lmp import LmpDevice
+from usbupdater.sim.setup import CORE_ARGV
 from usbupdater.state import DeviceState, StateStore
 
 PROJECT = "com.docker.compose.project"
@@ -27,7 +27,7 @@ class LmpRig:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         p = subprocess.run(
-            [sys.executable, "-m", "usbupdater", *args, *self.lmp.config_args()],
+            [*CORE_ARGV, *args, *self.lmp.config_args()],
             capture_output=True,
             text=True,
             timeout=300,

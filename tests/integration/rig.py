@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -15,7 +14,7 @@ import docker
 from usbupdater.sim.device import SimDevice
 from usbupdater.sim.dockerd import PrivateDockerd
 from usbupdater.sim.factory import Factory
-from usbupdater.sim.setup import create_device
+from usbupdater.sim.setup import CORE_ARGV, create_device
 from usbupdater.state import DeviceState, StateStore
 
 
@@ -53,7 +52,7 @@ class Rig:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "usbupdater", *args, "-c", str(self.config)],
+            [*CORE_ARGV, *args, "-c", str(self.config)],
             capture_output=True,
             text=True,
             timeout=300,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import pytest
 
 from usbupdater.sim.factory import Factory, TargetSpec
 from usbupdater.sim.lmp import LmpDevice, create_lmp_device
+from usbupdater.sim.setup import CORE_ARGV
 from usbupdater.state import StateStore
 
 pytestmark = pytest.mark.integration
@@ -58,7 +58,7 @@ def lmp(tmp_path: Path, factory: Factory, dockerd: Any) -> Iterator[LmpDevice]:
 
 def cli(dev: LmpDevice, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "usbupdater", *args, *dev.config_args()],
+        [*CORE_ARGV, *args, *dev.config_args()],
         capture_output=True,
         text=True,
         timeout=300,

@@ -156,8 +156,9 @@ def test_tampered_bundle_metadata_exits_15(
 
     bt.write_bytes(edit(bt.read_bytes(), add_target))
     code, doc, err = check(device, bundle)
-    assert code == 15 and doc is None
-    assert err.strip().count("\n") == 0 and "bundle-targets" in err
+    assert code == 15 and err.strip().count("\n") == 0 and "bundle-targets" in err
+    # --json still prints one object: the refusal, no targets (nothing was verified)
+    assert doc["code"] == 15 and "bundle-targets" in doc["error"] and doc["targets"] == []
 
 
 def test_missing_metadata_dir_exits_14(factory: Factory, device: Device, tmp_path: Path) -> None:

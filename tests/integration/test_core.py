@@ -405,9 +405,11 @@ def test_stick_read_error_mid_install_is_one_clear_line(
         return real_open(self, hexdigest, max_size)
 
     monkeypatch.setattr(store_mod.CopyingSource, "open_blob", flaky_open)
+    from usbupdater.sim.core import sim_device
+
     cfg = load_config([rig.config])
     with pytest.raises(AdapterError) as exc:
-        core.install(cfg, bundle(factory, tmp_path, 2))
+        core.install(cfg, bundle(factory, tmp_path, 2), device=sim_device(cfg))
     assert "I/O error" in exc.value.reason and "stick" in exc.value.reason
     assert calls["n"] > 3
     assert rig.snapshot() == before

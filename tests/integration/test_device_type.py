@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 
 from usbupdater.sim.factory import Factory, TargetSpec
 from usbupdater.sim.lmp import LmpDevice, create_lmp_device
+from usbupdater.sim.setup import CORE_ARGV
 
 pytestmark = pytest.mark.integration
 
@@ -44,9 +44,7 @@ def _device(root: Path, factory: Factory, device_type: str, extra: str = "") -> 
 def check(dev: LmpDevice, bundle: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "usbupdater",
+            *CORE_ARGV,
             "check",
             "-s",
             str(bundle),

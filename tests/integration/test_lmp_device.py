@@ -25,7 +25,8 @@ from tests.integration.lmp_rig import LmpRig
 from usbupdater.sim.apps import AppSpec, ServiceSpec, blob_path, corrupt_blob
 from usbupdater.sim.dockerd import PrivateDockerd
 from usbupdater.sim.factory import Factory, PublishedTarget, TargetSpec
-from usbupdater.sim.lmp import create_lmp_device, preload_tag
+from usbupdater.sim.lmp import create_lmp_device
+from usbupdater.sim.lmp_apps import preload_tag
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 
 from tests.integration.conftest import Device
 from usbupdater.sim.factory import Factory
+from usbupdater.sim.setup import CORE_ARGV
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +21,7 @@ V2 = "intel-corei7-64-lmp-2"
 
 def cli(device: Device, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "usbupdater", *args, "-c", str(device.config)],
+        [*CORE_ARGV, *args, "-c", str(device.config)],
         capture_output=True,
         text=True,
         timeout=180,

@@ -18,10 +18,11 @@ import pytest
 
 from tests.integration.rig import Rig
 from usbupdater import core
-from usbupdater.bootloader import FileBootloader
 from usbupdater.config import load as load_config
 from usbupdater.errors import AdapterError, UpdaterError, VerificationError
 from usbupdater.sim.apps import AppSpec, ServiceSpec
+from usbupdater.sim.boot import FileBootloader
+from usbupdater.sim.core import sim_device
 from usbupdater.sim.dockerd import PrivateDockerd
 from usbupdater.sim.factory import Factory, TargetSpec
 from usbupdater.state import StateStore
@@ -124,7 +125,7 @@ class _FailingEnv(FileBootloader):
 
 def _device_with(rig: Rig, **replace: Any) -> tuple[Any, core.Device]:
     cfg = load_config([rig.config])
-    dev = core.Device(cfg)
+    dev = sim_device(cfg)
     dev.__dict__.update(replace)  # cached_property slots: bootloader, app_store, ...
     return cfg, dev
 

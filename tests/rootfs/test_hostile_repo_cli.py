@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,11 +16,11 @@ import pytest
 
 from usbupdater.sim.device import SimDevice, remove_tree
 from usbupdater.sim.factory import Factory, TargetSpec
-from usbupdater.sim.setup import create_device
+from usbupdater.sim.setup import CORE_ARGV, create_device
 
 pytestmark = pytest.mark.integration
 
-INSTALL = (sys.executable, "-m", "usbupdater", "install", "-s")
+INSTALL = (*CORE_ARGV, "install", "-s")
 SECRET = "usbupdater-test-secret-5b1f0c7e-d41d"
 
 

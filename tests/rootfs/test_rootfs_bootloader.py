@@ -9,7 +9,6 @@ import pytest
 
 from usbupdater.bootloader import (
     BOOT_VARIABLES,
-    FileBootloader,
     NoBootloader,
     RebootSentinel,
     ToolBootloader,
@@ -17,6 +16,7 @@ from usbupdater.bootloader import (
 )
 from usbupdater.config import BootloaderConfig
 from usbupdater.errors import AdapterError, ConfigError
+from usbupdater.sim.boot import FileBootloader
 
 # fw_printenv -n VAR / fiovb_printenv VAR / fioefi_printenv VAR, and NAME_setenv VAR VALUE.
 PRINTENV = """#!/bin/sh
@@ -137,8 +137,7 @@ def test_unknown_mode() -> None:
 
 def test_file_backend(tmp_path: Path) -> None:
     path = tmp_path / "env" / "bootenv.json"
-    bl = make_bootloader("fiovb", env_file=path)
-    assert isinstance(bl, FileBootloader)
+    bl = FileBootloader(path, mode="fiovb")
     assert bl.get("rollback") is None
     bl.update_notify()
     assert FileBootloader(path).read_all() == {

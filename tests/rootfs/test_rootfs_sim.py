@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from ostree_helpers import SourceRepo
 
-from usbupdater.booted import ProcCmdlineBootedCommit, RecordedBootedCommit
+from usbupdater.booted import ProcCmdlineBootedCommit
 from usbupdater.errors import ExitCode, NoSpaceError
+from usbupdater.sim.boot import RecordedBootedCommit
 from usbupdater.sim.device import SimBootError, SimDevice, make_commit, remove_tree
 
 pytestmark = pytest.mark.integration

@@ -191,8 +191,8 @@ def test_config_loads_with_aktualizr_lite_defaults(lmp: LmpDevice) -> None:
     assert cfg.import_.tls_clientcert_path == str(sota / "client.pem")
     assert cfg.usbupdater.device_type == "prod"
     assert "businessCategory=production" in cfg.usbupdater.device_type_reason
-    uu = cfg.table("usbupdater")
-    assert uu.get_str("bootloader_env_file", "") == str(lmp.device.env_file)
+    sim = cfg.table("sim")
+    assert sim.get_str("bootloader_env_file", "") == str(lmp.device.env_file)
 
 
 def test_preloaded_apps_run_as_compose_projects(lmp: LmpDevice, dockerd: Any) -> None:

@@ -193,8 +193,8 @@ def test_expires_is_the_earliest_role(device: Device) -> None:
     assert early < LATER
 
 
-def test_function_api_and_persist(device: Device) -> None:
-    from usbupdater.trust import TrustSession, advance_time_floor, persist, verify_bundle
+def test_verify_writes_nothing_and_commit_persists(device: Device) -> None:
+    from usbupdater.trust import TrustSession, advance_time_floor
 
     device.write_bundle()
     kwargs = dict(
@@ -204,13 +204,13 @@ def test_function_api_and_persist(device: Device) -> None:
         store_dir=device.store,
         now=T0,
     )
-    result = verify_bundle(device.tuf, **kwargs)  # type: ignore[arg-type]
+    result = TrustSession(device.tuf, **kwargs).verify()  # type: ignore[arg-type]
     assert not device.store.exists()
     assert result.targets_version == 1
     session = TrustSession(device.tuf, **kwargs)  # type: ignore[arg-type]
     accepted = session.verify()
     accepted.targets["hw-lmp-42"]["custom"]["local-src-dir"] = "/x"  # type: ignore[index]
-    persist(session)
+    session.commit()
     stored = json.loads((device.store / STORE_FILE).read_bytes())
     assert "local-src-dir" not in stored["targets"]["signed"]["targets"]["hw-lmp-42"]["custom"]
     advance_time_floor(device.store, T0 + timedelta(days=1))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from usbupdater.errors import ExpiredError, SecurityError, UpdaterError
-from usbupdater.trust import TrustedMetadata, verify_bundle
+from usbupdater.trust import TrustedMetadata, TrustSession
 from usbupdater.trust.dialect import check_threshold, load
 
 RSA_TIME = datetime.fromtimestamp(1662678442, timezone.utc)  # libtufnano TestRefreshOK
@@ -33,14 +33,14 @@ def run(
             if f.name != "1.root.json":  # the chain starts at the anchor, as on a device
                 shutil.copy(f, tuf / f.name)
     shutil.copy(anchor, shipped / f"{anchor_version}.root.json")
-    return verify_bundle(
+    return TrustSession(
         tuf,
         shipped_roots_dir=shipped,
         device_type="",
         device_tags=(),
         store_dir=tmp / "state",
         now=now,
-    )
+    ).verify()
 
 
 def test_rsa_passes(tmp_path: Path, vectors: Path) -> None:

@@ -11,13 +11,13 @@ import pytest
 
 from usbupdater.bootloader import (
     BootFirmwareRollbackError,
-    FileBootloader,
     FirmwareAction,
     decide_boot_firmware,
     parse_firmware_version,
     plan_boot_firmware,
 )
 from usbupdater.errors import AdapterError, ExitCode
+from usbupdater.sim.boot import FileBootloader
 
 SKIP, ARM, REFUSE = FirmwareAction.SKIP, FirmwareAction.ARM, FirmwareAction.REFUSE
 

@@ -175,3 +175,28 @@ def test_unknown_keys_and_tables_are_ignored(tmp_path: Path) -> None:
     cfg = config.load([f])
     assert cfg.pacman.ostree_update_block is False
     assert cfg.pacman.tags == ("a", "b")
+
+
+def test_one_usbupdater_model_for_core_and_agent(tmp_path: Path) -> None:
+    """`[usbupdater]` is parsed once (`settings.parse`): the agent's settings are that model
+    plus what it takes from other tables, so both sides always see the same values."""
+    import dataclasses
+
+    from usbupdater.agent.settings import AgentSettings
+
+    f = tmp_path / "a.toml"
+    f.write_text(
+        '[provision]\nprimary_ecu_hardware_id = "hw"\n[storage]\npath = "/data/sota"\n'
+        '[usbupdater]\nstatus_file = "/tmp/st.json"\nsettle_time = "2"\n'
+        'bootloader_tool_dir = "/opt/fw"\nmatch_buses = ""\n'
+    )
+    cfg = config.load([f])
+    u = cfg.usbupdater
+    assert u.bootloader_tool_dir == Path("/opt/fw") and u.settle_time == 2.0
+    assert u.agent_state_dir == Path("/data/sota/usbupdater/agent") and u.match_buses == ()
+    agent = AgentSettings.from_config(cfg)
+    for f_ in dataclasses.fields(u):
+        assert getattr(agent, f_.name) == getattr(u, f_.name), f_.name
+    f.write_text('[provision]\nprimary_ecu_hardware_id = "hw"\n[usbupdater]\nsettle_time = -1\n')
+    with pytest.raises(ConfigError, match=r"\[usbupdater\] settle_time"):
+        config.load([f])  # an agent key, refused when the configuration is read

@@ -37,7 +37,7 @@ def test_each_failure_class_carries_its_code() -> None:
         c in expected
         for c in classes
         if issubclass(c, errors.UpdaterError)
-        and c not in (errors.UpdaterError, errors.UsageError, errors.AdapterError)
+        and c not in (errors.UpdaterError, errors.AdapterError)
     )
 
 

@@ -31,7 +31,7 @@ def test_round_trip(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "s")
     state = DeviceState(
         current=V1,
-        pending=PendingInstall(V2, V1, True, "txn-1", "2026-01-01T00:00:00+00:00"),
+        pending=PendingInstall(V2, V1, True, "txn-1", "2026-01-01T00:00:00Z"),
         last_result=LastResult("install", 100, "reboot then run", V2.name, "t"),
     )
     store.save(state)

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import IO, Callable, Optional
 
-from usbupdater import log, proc
+from usbupdater import log, proc, timefmt
 from usbupdater.agent import dialect as dialects
 from usbupdater.agent.settings import AgentSettings
 
@@ -67,7 +67,7 @@ class Outcome:
             "meaning": self.meaning.text,
             "reason": self.reason,
             "errors": list(self.errors),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
+            "time": timefmt.stamp(self.started),
             "seconds": round(self.seconds, 3),
         }
 

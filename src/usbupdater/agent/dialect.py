@@ -28,13 +28,14 @@ from typing import Optional
 
 from usbupdater.errors import ExitCode
 
-USBUPDATER = "usbupdater"
-AKLITE_V1 = "aklite-v1"
-AKLITE_V2 = "aklite-v2"
-AKLITE = "aklite"  # either of the two (LmP v87..v93 whose help text does not tell them apart)
-AUTO = "auto"
-DIALECTS = (USBUPDATER, AKLITE_V1, AKLITE_V2, AKLITE)
-SETTING_VALUES = (*DIALECTS, AUTO)
+# The dialects' names are the values of `[usbupdater] updater_dialect` (usbupdater.settings).
+from usbupdater.settings import AKLITE as AKLITE
+from usbupdater.settings import AKLITE_V1 as AKLITE_V1
+from usbupdater.settings import AKLITE_V2 as AKLITE_V2
+from usbupdater.settings import AUTO as AUTO
+from usbupdater.settings import DIALECTS as DIALECTS
+from usbupdater.settings import SETTING_VALUES as SETTING_VALUES
+from usbupdater.settings import USBUPDATER as USBUPDATER
 
 # Normalised actions. install:
 UP_TO_DATE = "up-to-date"  # nothing installed: the device already runs the target

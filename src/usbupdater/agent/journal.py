@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from usbupdater import log
+from usbupdater import log, timefmt
 from usbupdater.fsutil import atomic_write, remove_durable
 
 MARKER_VERSION = 1
@@ -105,7 +105,7 @@ class Journal:
         bundles[identity] = {
             "result": result,
             "target": target,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "time": timefmt.stamp(),
         }
         keep = dict(list(bundles.items())[-HANDLED_KEEP:])
         doc = {"version": 1, "bundles": keep}

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from usbupdater import timefmt
 from usbupdater.agent import dialect as dialects
 from usbupdater.agent.journal import JobRecord
 from usbupdater.agent.settings import AgentSettings
@@ -58,7 +59,7 @@ def _meaning(o: dict[str, Any]) -> str:
 
 
 def iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+    return timefmt.stamp(ts)
 
 
 def build(

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 
-from usbupdater import log, proc
+from usbupdater import log, proc, timefmt
 from usbupdater.agent.settings import AgentSettings
 from usbupdater.fsutil import atomic_write
 from usbupdater.textsafe import clean, safe_text
@@ -48,7 +48,7 @@ PHASES = (
 
 
 def iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+    return timefmt.stamp(ts)
 
 
 def sd_notify(message: str) -> None:

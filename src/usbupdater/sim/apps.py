@@ -7,21 +7,18 @@ app is a compose bundle (gzip tar, `docker-compose.yml` at the top, every `image
 digest) described by an OCI app manifest. `write_apps` lays all of it out exactly as
 `fioctl targets offline-update` does (spec section 1, apps-format.md section 1).
 
-Everything is deterministic (fixed mtimes, owners, gzip headers, seeded random data), so the same
-specs give the same digests; the busybox layer is built once per process and reused.
-`AppSpec.faults` and the `drop_blob`/`corrupt_blob` helpers break single pieces for tests.
+Everything is deterministic (the tars, layers and blob store are in `sim.layers`), so the same
+specs give the same digests. `AppSpec.faults` and the `drop_blob`/`corrupt_blob` helpers break
+single pieces for tests.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
-import os
-import random
 import tarfile
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -29,6 +26,24 @@ from typing import Any, Optional
 import yaml
 
 from usbupdater.hostinfo import machine_arch
+from usbupdater.sim.layers import (
+    CHUNK,
+    BlobStore,
+    data_layer_tar,
+    gzip_bytes,
+    hex_of,
+    sha256_digest,
+    tar_bytes,
+    tar_member,
+    tarinfo,
+)
+
+# Re-exported: tests and the other simulation modules take them from here.
+from usbupdater.sim.layers import blob_path as blob_path
+from usbupdater.sim.layers import busybox_layer as busybox_layer
+from usbupdater.sim.layers import canonical_json as canonical_json
+from usbupdater.sim.layers import corrupt_blob as corrupt_blob
+from usbupdater.sim.layers import drop_blob as drop_blob
 
 MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MT_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -37,12 +52,6 @@ MT_DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 MT_DOCKER_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
 MT_APP_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MT_APP_BUNDLE = "application/octet-stream"
-
-BUSYBOX = Path("/bin/busybox")
-APPLETS = (
-    "sh", "httpd", "sleep", "echo", "cat", "ls", "wget", "true", "false", "env", "test",
-    "mkdir", "rm", "touch", "ps", "kill", "nc", "date", "hostname", "id",
-)  # fmt: skip
 
 FAULTS = frozenset(
     {
@@ -63,8 +72,6 @@ FAULTS = frozenset(
     }
 )
 BOMB_SIZE = 300 << 20
-_CHUNK = 1 << 20
-_EPOCH = 0  # every mtime in tars and gzip headers
 
 
 @dataclass(frozen=True)
@@ -142,173 +149,6 @@ class WrittenApp:
         return tuple(out)
 
 
-def _digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def _hex(digest: str) -> str:
-    return digest.split(":", 1)[1]
-
-
-def canonical_json(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-
-
-def blob_path(apps_dir: Path, digest: str) -> Path:
-    """Where a blob ("sha256:<hex>" or "<hex>") lives in an app store."""
-    return Path(apps_dir) / "blobs" / "sha256" / digest.split(":")[-1]
-
-
-def drop_blob(apps_dir: Path, digest: str) -> None:
-    blob_path(apps_dir, digest).unlink()
-
-
-def corrupt_blob(apps_dir: Path, digest: str, offset: int = -1) -> None:
-    """Flip one bit of one byte (default: the last) in a blob, keeping its size."""
-    p = blob_path(apps_dir, digest)
-    data = bytearray(p.read_bytes())
-    data[offset] ^= 0x01
-    p.write_bytes(bytes(data))
-
-
-# --- tar building ------------------------------------------------------------------------------
-
-
-def _tarinfo(
-    name: str, size: int = 0, mode: int = 0o644, kind: bytes = tarfile.REGTYPE
-) -> tarfile.TarInfo:
-    ti = tarfile.TarInfo(name)
-    ti.size, ti.mode, ti.type, ti.mtime = size, mode, kind, _EPOCH
-    ti.uid = ti.gid = 0
-    ti.uname = ti.gname = ""
-    return ti
-
-
-def _tar_member(ti: tarfile.TarInfo, data: bytes = b"") -> bytes:
-    """One tar member (header, data, padding): tars are assembled by hand so they can stream."""
-    return ti.tobuf(tarfile.GNU_FORMAT) + data + bytes(-len(data) % 512)
-
-
-def _tar_bytes(members: Iterable[tuple[tarfile.TarInfo, bytes]]) -> bytes:
-    return b"".join(_tar_member(ti, data) for ti, data in members) + bytes(1024)
-
-
-def _gzip(data: bytes, level: int = 6, member: int = 0) -> bytes:
-    if member <= 0 or len(data) <= member:
-        return gzip.compress(data, compresslevel=level, mtime=_EPOCH)
-    return b"".join(_gzip(data[i : i + member], level) for i in range(0, len(data), member))
-
-
-class _MemberCompressor:
-    """gzip compressobj that starts a new member every `member` uncompressed bytes (0: never)."""
-
-    def __init__(self, level: int, member: int) -> None:
-        self.level, self.member, self.left = level, member, member
-        self.comp = zlib.compressobj(level, zlib.DEFLATED, 31)
-
-    def compress(self, data: bytes) -> bytes:
-        if self.member <= 0:
-            return self.comp.compress(data)
-        out = []
-        while data:
-            if not self.left:
-                out.append(self.comp.flush())
-                self.comp = zlib.compressobj(self.level, zlib.DEFLATED, 31)
-                self.left = self.member
-            take = data[: self.left]
-            out.append(self.comp.compress(take))
-            self.left -= len(take)
-            data = data[len(take) :]
-        return b"".join(out)
-
-    def flush(self) -> bytes:
-        return self.comp.flush()
-
-
-_BUSYBOX_CACHE: dict[tuple[str, str, int, int], tuple[bytes, str]] = {}
-
-
-def busybox_layer(compression: str = "gzip", level: int = 6, member: int = 0) -> tuple[bytes, str]:
-    """(layer blob, diff_id) of the busybox rootfs layer; built once per content and reused."""
-    data = BUSYBOX.read_bytes()
-    key = (hashlib.sha256(data).hexdigest(), compression, level, member)
-    if key not in _BUSYBOX_CACHE:
-        members: list[tuple[tarfile.TarInfo, bytes]] = [
-            (_tarinfo(d, mode=0o755, kind=tarfile.DIRTYPE), b"") for d in ("bin", "etc", "tmp")
-        ]
-        members.append((_tarinfo("bin/busybox", len(data), 0o755), data))
-        for applet in APPLETS:
-            ti = _tarinfo(f"bin/{applet}", mode=0o777, kind=tarfile.SYMTYPE)
-            ti.linkname = "busybox"
-            members.append((ti, b""))
-        passwd = b"root:x:0:0:root:/:/bin/sh\n"
-        members.append((_tarinfo("etc/passwd", len(passwd)), passwd))
-        tar = _tar_bytes(members)
-        blob = _gzip(tar, level, member) if compression == "gzip" else tar
-        _BUSYBOX_CACHE[key] = (blob, _digest(tar))
-    return _BUSYBOX_CACHE[key]
-
-
-def _random_chunks(seed: str, size: int) -> Iterator[bytes]:
-    rnd = random.Random(seed)  # noqa: S311 - test data, reproducible on purpose
-    left = size
-    while left:
-        n = min(left, _CHUNK)
-        yield rnd.randbytes(n)
-        left -= n
-
-
-def _data_layer_tar(name: str, seed: str, size: int) -> Iterator[bytes]:
-    """A tar holding `data/` and one file of seeded random bytes, streamed in chunks."""
-    yield _tarinfo("data", mode=0o755, kind=tarfile.DIRTYPE).tobuf(tarfile.GNU_FORMAT)
-    yield _tarinfo(f"data/{name}", size).tobuf(tarfile.GNU_FORMAT)
-    yield from _random_chunks(seed, size)
-    yield bytes(-size % 512) + bytes(1024)
-
-
-# --- blob store --------------------------------------------------------------------------------
-
-
-class _Store:
-    """Content-addressed writes into `<apps>/blobs/sha256/`."""
-
-    def __init__(self, apps_dir: Path) -> None:
-        self.dir = apps_dir / "blobs" / "sha256"
-        self.dir.mkdir(parents=True, exist_ok=True)
-
-    def put(self, data: bytes) -> tuple[str, int]:
-        digest = _digest(data)
-        path = self.dir / _hex(digest)
-        if not path.exists():
-            tmp = path.with_name(f".tmp-{_hex(digest)}")
-            tmp.write_bytes(data)
-            tmp.replace(path)
-        return digest, len(data)
-
-    def put_layer(
-        self, chunks: Iterable[bytes], compression: str, level: int, member: int = 0
-    ) -> tuple[str, int, str]:
-        """Stream a layer to disk: (blob digest, blob size, diff_id), never all in memory."""
-        tmp = self.dir / f".tmp-layer-{os.getpid()}"
-        diff, blob, size = hashlib.sha256(), hashlib.sha256(), 0
-        comp = _MemberCompressor(level, member) if compression == "gzip" else None
-        with open(tmp, "wb") as fh:
-            for chunk in chunks:
-                diff.update(chunk)
-                out = comp.compress(chunk) if comp else chunk
-                blob.update(out)
-                fh.write(out)
-                size += len(out)
-            if comp:
-                out = comp.flush()
-                blob.update(out)
-                fh.write(out)
-                size += len(out)
-        digest = "sha256:" + blob.hexdigest()
-        tmp.replace(self.dir / _hex(digest))
-        return digest, size, "sha256:" + diff.hexdigest()
-
-
 # --- images, bundles, apps ---------------------------------------------------------------------
 
 
@@ -317,7 +157,7 @@ def _other_arch(arch: str) -> str:
 
 
 def _build_image(
-    store: _Store,
+    store: BlobStore,
     app: AppSpec,
     svc_name: str,
     svc: ServiceSpec,
@@ -332,25 +172,27 @@ def _build_image(
     layers = [(bb_digest, bb_size, bb_diff)]
     # A small layer that makes each app/service/version's image distinct.
     marker = f"{app.name}/{svc_name} {app.version_tag}\n".encode()
-    tar = _tar_bytes(
+    tar = tar_bytes(
         [
-            (_tarinfo("etc", mode=0o755, kind=tarfile.DIRTYPE), b""),
-            (_tarinfo("etc/sim-image", len(marker)), marker),
+            (tarinfo("etc", mode=0o755, kind=tarfile.DIRTYPE), b""),
+            (tarinfo("etc/sim-image", len(marker)), marker),
         ]
     )
-    blob = _gzip(tar, app.gzip_level, app.gzip_member) if app.layer_compression == "gzip" else tar
+    blob = (
+        gzip_bytes(tar, app.gzip_level, app.gzip_member) if app.layer_compression == "gzip" else tar
+    )
     d, s = store.put(blob)
-    layers.append((d, s, _digest(tar)))
+    layers.append((d, s, sha256_digest(tar)))
     for i, size in enumerate(svc.data_layers):
         seed = f"{app.name}/{svc_name}/{app.version_tag}/{i}/{size}"
-        chunks = _data_layer_tar(f"{svc_name}-{i}.bin", seed, size)
+        chunks = data_layer_tar(f"{svc_name}-{i}.bin", seed, size)
         layers.append(
             store.put_layer(chunks, app.layer_compression, app.gzip_level, app.gzip_member)
         )
 
     diff_ids = [diff for _, _, diff in layers]
     if faulty and "diff-id" in app.faults:
-        diff_ids[0] = _digest(b"not the layer")
+        diff_ids[0] = sha256_digest(b"not the layer")
     cfg: dict[str, Any] = {
         "Cmd": list(svc.cmd),
         "Env": ["PATH=/bin", *(f"{k}={v}" for k, v in sorted(svc.env.items()))],
@@ -393,7 +235,7 @@ def _build_image(
     manifest_digest, manifest_size = store.put(manifest)
     root_digest = manifest_digest
     if app.manifest_list:
-        other = _digest(f"{locator} for {_other_arch(arch)}".encode())  # not in the store
+        other = sha256_digest(f"{locator} for {_other_arch(arch)}".encode())  # not in the store
         mlist = json.dumps(
             {
                 "schemaVersion": 2,
@@ -447,22 +289,22 @@ def _bundle_tgz(app: AppSpec, compose: bytes) -> bytes:
     """gzip(tar) with docker-compose.yml at the top; built by streaming so bombs stay cheap."""
     members: list[tuple[tarfile.TarInfo, bytes]] = []
     if "no-compose" not in app.faults:
-        members.append((_tarinfo("docker-compose.yml", len(compose)), compose))
+        members.append((tarinfo("docker-compose.yml", len(compose)), compose))
     for name, data in sorted(app.files.items()):
-        members.append((_tarinfo(name, len(data)), data))
+        members.append((tarinfo(name, len(data)), data))
     if "tgz-dotdot" in app.faults:
-        members.append((_tarinfo("../x", 2), b"x\n"))
+        members.append((tarinfo("../x", 2), b"x\n"))
     if "tgz-absolute" in app.faults:
-        members.append((_tarinfo("/etc/x", 2), b"x\n"))
+        members.append((tarinfo("/etc/x", 2), b"x\n"))
     if "tgz-many-members" in app.faults:
-        members.extend((_tarinfo(f"m/{i}", 0), b"") for i in range(20000))
+        members.extend((tarinfo(f"m/{i}", 0), b"") for i in range(20000))
     members.extend(app.bundle_members)
     comp = zlib.compressobj(9, zlib.DEFLATED, 31)
-    out = [comp.compress(b"".join(_tar_member(ti, data) for ti, data in members))]
+    out = [comp.compress(b"".join(tar_member(ti, data) for ti, data in members))]
     if "tgz-bomb" in app.faults:
-        out.append(comp.compress(_tarinfo("bomb", BOMB_SIZE).tobuf(tarfile.GNU_FORMAT)))
-        zeros = bytes(_CHUNK)
-        for _ in range(BOMB_SIZE // _CHUNK):
+        out.append(comp.compress(tarinfo("bomb", BOMB_SIZE).tobuf(tarfile.GNU_FORMAT)))
+        zeros = bytes(CHUNK)
+        for _ in range(BOMB_SIZE // CHUNK):
             out.append(comp.compress(zeros))
     out.append(comp.compress(bytes(1024)))
     out.append(comp.flush())
@@ -484,7 +326,7 @@ def write_apps(
     """Write apps into an app store in fioctl's layout; return what was written, by app."""
     apps_dir = Path(apps_dir)
     arch = arch or machine_arch()
-    store = _Store(apps_dir)
+    store = BlobStore(apps_dir)
     written: dict[str, WrittenApp] = {}
     for app in apps:
         images: dict[str, WrittenImage] = {}
@@ -511,19 +353,19 @@ def write_apps(
             app_manifest["annotations"] = {}
         manifest = canonical_json(app_manifest)
         manifest_digest, _ = store.put(manifest)
-        h = _hex(manifest_digest)
+        h = hex_of(manifest_digest)
         uri = f"{host}/{factory}/{app.name}@{manifest_digest}"
         app_dir = apps_dir / "apps" / app.name / h
         if "no-uri" not in app.faults:
             _write(app_dir / "uri", uri.encode())
         _write(app_dir / "manifest.json", manifest)
-        _write(app_dir / f"{_hex(bundle_digest)}.tgz", tgz)
+        _write(app_dir / f"{hex_of(bundle_digest)}.tgz", tgz)
         loose = compose + (b"# not the signed file\n" if "loose-compose" in app.faults else b"")
         _write(app_dir / "docker-compose.yml", loose)
         for svc_name, img in images.items():
             size = per_arch[svc_name]
             locator = img.ref.partition("@")[0]
-            img_dir = app_dir / "images" / locator / _hex(img.root_digest)
+            img_dir = app_dir / "images" / locator / hex_of(img.root_digest)
             _write(img_dir / "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
             index = {
                 "schemaVersion": 2,

@@ -31,7 +31,7 @@ from usbupdater.sim.apps import AppSpec, ServiceSpec
 from usbupdater.sim.device import SimDevice, remove_tree
 from usbupdater.sim.dockerd import PrivateDockerd
 from usbupdater.sim.factory import Factory, TargetSpec
-from usbupdater.sim.setup import create_device
+from usbupdater.sim.setup import CORE_ARGV, create_device
 from usbupdater.sim.sticks import Sticks, sh
 from usbupdater.sim.udevd import Udevd
 
@@ -234,7 +234,7 @@ def run_demo(rollback: bool, keep: bool) -> int:
         flash = factory.write_bundle(work / "factory-line", [v1.name])
         for cmd in (["install", "-s", str(flash)], ["run"]):
             subprocess.run(
-                [sys.executable, "-m", "usbupdater", *cmd, "-c", str(cfg)],
+                [*CORE_ARGV, *cmd, "-c", str(cfg)],
                 capture_output=True,
                 check=False,
             )

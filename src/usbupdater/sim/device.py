@@ -31,12 +31,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from usbupdater.booted import RecordedBootedCommit, boot_entry_options
+from usbupdater.booted import boot_entry_options
 from usbupdater.bootloader import (
     FIRMWARE_ARM_MODES,
     FIRMWARE_VERSION_FILE,
     FIRMWARE_VERSION_FILE_MAX,
-    FileBootloader,
     RebootSentinel,
     parse_firmware_version,
 )
@@ -44,6 +43,7 @@ from usbupdater.config import BootloaderConfig
 from usbupdater.fsutil import atomic_write
 from usbupdater.ostree_cli import Deployment, run_ostree
 from usbupdater.rootfs import OstreeSysroot
+from usbupdater.sim.boot import FileBootloader, RecordedBootedCommit
 
 DEFAULT_KVER = "5.15.0-lmp"
 DEFAULT_KARGS = ("root=LABEL=otaroot", "rw", "console=ttyS0,115200")

@@ -43,37 +43,33 @@ image under a tag and passes compose an override kept outside the app directory
 from __future__ import annotations
 
 import datetime
-import io
 import json
-import os
-import signal
-import subprocess
-import tarfile
-import tempfile
+import shlex
 import uuid as uuidlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
-from usbupdater.sim.apps import WrittenApp, WrittenImage, blob_path, write_apps
+from usbupdater.sim.apps import WrittenApp
 from usbupdater.sim.device import SimDevice
-from usbupdater.sim.factory import HUB, Factory, PublishedTarget
+from usbupdater.sim.factory import Factory, PublishedTarget
+from usbupdater.sim.lmp_apps import (
+    install_compose,
+    installed_versions,
+    preload_store,
+    run_preloaded_apps,
+)
+from usbupdater.sim.setup import CORE_ARGV
 
 GATEWAY = "https://ota-lite.foundries.io:8443"  # factory-registration-ref settings' default
 OSTREE_SERVER = "https://ostree.foundries.io:8443"
 BOOTLIMIT = 3
-COMPOSE_TIMEOUT = 120.0
-LOAD_TIMEOUT = 120.0
 _ROLLBACK_SNIPPETS = {
     "uboot_masked": '[bootloader]\nrollback_mode = "uboot_masked"\n',
     "fiovb": '[bootloader]\nrollback_mode = "fiovb"\n',
     "fioefi": '[bootloader]\nrollback_mode = "fioefi"\n',
 }
-
-
-class LmpSimError(RuntimeError):
-    """Building or starting the simulated LmP device failed."""
 
 
 @dataclass(frozen=True)
@@ -231,10 +227,12 @@ def sim_snippet_text(
         "[bootloader]\n"
         f"reboot_command = {_q(reboot_command)}\n"
         f"reboot_sentinel_dir = {_q(dev.sentinel_dir)}\n"
-        "[usbupdater]\n"
-        f"lock_path = {_q(paths.root / 'run/lock/aklite.lock')}\n"
+        "[sim]\n"
         f"boot_record = {_q(dev.record_file)}\n"
         f"bootloader_env_file = {_q(dev.env_file)}\n"
+        "[usbupdater]\n"
+        f"lock_path = {_q(paths.root / 'run/lock/aklite.lock')}\n"
+        f"updater_command = {_q(shlex.join(CORE_ARGV))}\n"
         f"docker_host = {_q(docker_host)}\n"
         f"apps_start_timeout = {apps_start_timeout}\n"
         f"status_file = {_q(dev.run_dir / 'usbupdater/status.json')}\n" + extra
@@ -317,149 +315,6 @@ def write_credentials(
     _write(sota_dir / "client.pem", cert.public_bytes(pem))
     _write(sota_dir / "root.crt", ca_cert.public_bytes(pem))
     return sota_dir / "client.pem"
-
-
-# --- preloaded apps ----------------------------------------------------------------------------
-
-
-def _relink(link: Path, blob: Path) -> None:
-    """composectl MakeAkliteHappy: the app dir's file is a hard link to the blob."""
-    tmp = link.with_name(link.name + ".tmp")
-    os.link(blob, tmp)
-    tmp.replace(link)
-
-
-def preload_store(
-    store: Path, factory: Factory, target: PublishedTarget, names: Iterable[str]
-) -> dict[str, WrittenApp]:
-    """Write the target's apps `names` into `store` in composectl's layout."""
-    wanted = set(names)
-    specs = [a for a in target.spec.apps if a.name in wanted]
-    written = write_apps(store, specs, host=HUB, factory=factory.factory_name)
-    for name, app in written.items():
-        if app.uri != target.apps[name].uri:
-            raise LmpSimError(f"{name}: preloaded {app.uri}, target says {target.apps[name].uri}")
-        app_dir = store / "apps" / name / app.manifest_digest.split(":")[1]
-        _relink(app_dir / "manifest.json", blob_path(store, app.manifest_digest))
-        bundle_hex = app.bundle_digest.split(":")[1]
-        _relink(app_dir / f"{bundle_hex}.tgz", blob_path(store, app.bundle_digest))
-        for layout in (app_dir / "images").rglob("oci-layout"):
-            layout.unlink()  # composectl pull writes index.json only
-    return written
-
-
-def install_compose(store: Path, compose_root: Path, app: WrittenApp) -> Path:
-    """composectl InstallCompose: untar the app bundle into `compose_root/<app>`."""
-    dest = compose_root / app.name
-    dest.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(blob_path(store, app.bundle_digest), "r:gz") as tf:
-        if hasattr(tarfile, "data_filter"):
-            tf.extractall(dest, filter="data")
-        else:  # pragma: no cover - Pythons without PEP 706; the factory's tgz is trusted
-            tf.extractall(dest)  # noqa: S202
-    return dest
-
-
-def installed_versions(target: PublishedTarget) -> bytes:
-    """`/var/sota/import/installed_versions`: the flashed target, current."""
-    return json.dumps({target.name: {**target.entry, "is_current": True}}, indent=2).encode()
-
-
-# --- starting apps (the first boot) ------------------------------------------------------------
-
-
-def _image_archive(store: Path, img: WrittenImage, tag: str, out: Path) -> None:
-    """A docker-archive (`docker save` format) of one image, its blobs read from the store."""
-    manifest = json.loads(blob_path(store, img.manifest_digest).read_bytes())
-    cfg_hex = manifest["config"]["digest"].split(":")[1]
-    layers = [ld["digest"].split(":")[1] for ld in manifest["layers"]]
-    index = [
-        {
-            "Config": f"{cfg_hex}.json",
-            "RepoTags": [tag],
-            "Layers": [f"{h}/layer.tar" for h in layers],
-        }
-    ]
-    with tarfile.open(out, "w") as tf:
-        tf.add(blob_path(store, cfg_hex), arcname=f"{cfg_hex}.json")
-        for h in layers:  # gzip layer files as stored: Docker 20.10 accepts them
-            tf.add(blob_path(store, h), arcname=f"{h}/layer.tar")
-        data = json.dumps(index).encode()
-        ti = tarfile.TarInfo("manifest.json")
-        ti.size = len(data)
-        tf.addfile(ti, io.BytesIO(data))
-
-
-def preload_tag(img: WrittenImage) -> str:
-    """The tag standing in for the digest reference a patched engine would register."""
-    locator = img.ref.partition("@")[0]
-    return f"{locator}:lmp-preload-{img.root_digest.split(':')[1][:12]}"
-
-
-def _run(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], timeout: float) -> str:
-    """Run a command in its own process group; kill the group on timeout or interruption."""
-    with subprocess.Popen(
-        list(argv),
-        cwd=cwd,
-        env=dict(env),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    ) as proc:
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except BaseException:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise
-    if proc.returncode != 0:
-        tail = " | ".join(err.strip().splitlines()[-3:])
-        raise LmpSimError(f"{argv[0]} {argv[-2:]} exited {proc.returncode}: {tail}")
-    return out
-
-
-def run_preloaded_apps(
-    paths: LmpPaths, apps: Mapping[str, WrittenApp], docker_host: str, compose_bin: str
-) -> None:
-    """What the first boot does: load each app's images, then `up -d` in its directory."""
-    env = {**os.environ, "DOCKER_HOST": docker_host} if docker_host else dict(os.environ)
-    store = paths.reset_apps_root
-    overrides = paths.root / "sim" / "preload"
-    overrides.mkdir(parents=True, exist_ok=True)
-    for name, app in sorted(apps.items()):
-        services: dict[str, Any] = {}
-        for svc, img in app.images.items():
-            tag = preload_tag(img)
-            with tempfile.TemporaryDirectory(dir=overrides) as tmp:
-                archive = Path(tmp) / "image.tar"
-                _image_archive(store, img, tag, archive)
-                _run(["docker", "load", "-i", str(archive)], cwd=Path(tmp), env=env,
-                     timeout=LOAD_TIMEOUT)  # fmt: skip
-            services[svc] = {"image": tag}
-        app_dir = paths.compose_apps_root / name
-        compose = app_dir / "docker-compose.yml"
-        version = _compose_version(compose)
-        doc: dict[str, Any] = {"services": services}
-        if version:
-            doc["version"] = version  # compose v1 merges only files of one version
-        override = overrides / f"{name}.yml"
-        override.write_text(json.dumps(doc, indent=2) + "\n")
-        cmd = [compose_bin] if Path(compose_bin).name != "docker" else [compose_bin, "compose"]
-        _run(
-            [*cmd, "--project-name", name, "--project-directory", str(app_dir),
-             "-f", str(compose), "-f", str(override), "up", "-d"],
-            cwd=app_dir, env=env, timeout=COMPOSE_TIMEOUT,
-        )  # fmt: skip
-
-
-def _compose_version(compose: Path) -> str:
-    import yaml
-
-    doc = yaml.safe_load(compose.read_bytes())
-    v = doc.get("version") if isinstance(doc, dict) else None
-    return str(v) if v is not None else ""
 
 
 # --- the device --------------------------------------------------------------------------------

@@ -1,16 +1,24 @@
 """Configuration of a simulated device: the aktualizr-lite snippet that points usbupdater at it.
 
-Tests, benchmarks and the demo run the real `usbupdater` program against a `SimDevice`; this is
-the one place that says how (its sysroot, boot record, file-backed bootloader, /run).
+Tests, benchmarks and the demo run the `usbupdater` program against a `SimDevice` as
+`python -m usbupdater.sim.core` (`CORE_ARGV`: the real program with the simulation's boot
+adapters); this is the one place that says how (its sysroot, boot record, file-backed
+bootloader, /run). The service (`watch`) runs that same core (`updater_command`).
 """
 
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
 from usbupdater.sim.device import SimDevice
 from usbupdater.sim.factory import Factory
+
+# `python -m usbupdater.sim.core`; not imported from there, to keep `usbupdater.core` out of the
+# processes that only build devices.
+CORE_ARGV = (sys.executable, "-m", "usbupdater.sim.core")
 
 
 def device_config(
@@ -45,10 +53,12 @@ def device_config(
         f'rollback_mode = "{dev.bootloader.mode}"\n'
         f'reboot_command = "{reboot_command}"\n'
         f'reboot_sentinel_dir = "{dev.sentinel_dir}"\n'
-        "[usbupdater]\n"
-        f'lock_path = "{lock_path}"\n'
+        "[sim]\n"
         f'boot_record = "{dev.record_file}"\n'
         f'bootloader_env_file = "{dev.env_file}"\n'
+        "[usbupdater]\n"
+        f'lock_path = "{lock_path}"\n'
+        f'updater_command = "{shlex.join(CORE_ARGV)}"\n'
         f'docker_host = "{docker_host}"\n'
         f"apps_start_timeout = {apps_start_timeout}\n" + extra
     )

@@ -13,8 +13,7 @@ Use::
     ...                         # decide, install
     session.commit()            # persist accepted roots/metadata atomically, advance time floor
 
-`verify_bundle(...)` is `TrustSession(...).verify()` for callers that never persist, and
-`persist(session)` is `session.commit()`. The clock is `now` (default: the system clock), raised to
+The clock is `now` (default: the system clock), raised to
 the persisted time floor so that a device booting in 1970 cannot accept long-expired metadata;
 `commit()` advances the floor, and `advance_time_floor(store_dir, when)` lets the core record
 another time it knows to be true (e.g. a successful `run`).
@@ -26,10 +25,8 @@ from usbupdater.trust.session import (
     TrustedMetadata,
     TrustSession,
     effective_now,
-    persist,
     shipped_roots_dir,
     store_dir,
-    verify_bundle,
 )
 from usbupdater.trust.store import save_time_floor as advance_time_floor
 from usbupdater.trust.trusted_set import BundleTargets
@@ -40,8 +37,6 @@ __all__ = [
     "TrustedMetadata",
     "advance_time_floor",
     "effective_now",
-    "persist",
     "shipped_roots_dir",
     "store_dir",
-    "verify_bundle",
 ]

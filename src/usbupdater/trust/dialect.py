@@ -33,6 +33,7 @@ from tuf.api.metadata import (
     Timestamp,
 )
 
+from usbupdater import timefmt
 from usbupdater.errors import SecurityError
 
 MiB = 1024 * 1024
@@ -83,7 +84,7 @@ def parse_time(value: object) -> datetime:
 
 
 def format_time(value: datetime) -> str:
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return timefmt.text(value)
 
 
 def _reject_constant(name: str) -> Any:

@@ -356,30 +356,3 @@ class TrustSession:
         known = _known_true_time(result)
         floor = max(self._now, known) if known is not None else self._now
         store.save_time_floor(self.store_dir, min(floor, result.expires))
-
-
-def verify_bundle(
-    tuf_dir: Path,
-    *,
-    shipped_roots_dir: Path,
-    device_type: str,
-    device_tags: Sequence[str],
-    store_dir: Path,
-    now: datetime | None = None,
-    sqldb_path: Path | None = None,
-) -> TrustedMetadata:
-    """Verify `tuf_dir` against the device's trust; raises 11/12/14/15 errors; persists nothing."""
-    return TrustSession(
-        tuf_dir,
-        shipped_roots_dir=shipped_roots_dir,
-        device_type=device_type,
-        device_tags=device_tags,
-        store_dir=store_dir,
-        now=now,
-        sqldb_path=sqldb_path,
-    ).verify()
-
-
-def persist(session: TrustSession) -> None:
-    """Persist what a verified session accepted (same as `session.commit()`)."""
-    session.commit()
