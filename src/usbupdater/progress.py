@@ -157,7 +157,7 @@ class Meter:
     def finish(self, phase: Optional[str] = None, message: Optional[str] = None) -> None:
         """The last record: whatever was counted is all there was (100 %)."""
         with self._lock:
-            self.total_bytes = max(self.total_bytes, self.done_bytes)
+            self.total_bytes = self.done_bytes  # what was expected but not read was not needed
             if phase is not None:
                 self._phase = phase
             if message is not None:
