@@ -31,7 +31,6 @@ Written: see `usbupdater.aklite_write`; what core records when: `usbupdater.akli
 from __future__ import annotations
 
 import json
-import logging
 import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -41,8 +40,9 @@ from types import MappingProxyType
 from typing import Any, Optional, Union
 
 from usbupdater.errors import StateError
+from usbupdater.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger("aklite-db")
 
 SUPPORTED_SCHEMA_VERSIONS: frozenset[int] = frozenset({25, 26})
 DEFAULT_BUSY_TIMEOUT = 5.0  # seconds; aktualizr-lite's transactions are short
@@ -233,7 +233,9 @@ def _recover(path: Path, busy_timeout: float) -> None:
 
     The one write a reader makes: it restores the last committed state, nothing else.
     """
-    log.warning("aktualizr-lite's database %s: rolling back an interrupted transaction", path)
+    log.warning(
+        "aktualizr-lite's database: rolling back an interrupted transaction", path=str(path)
+    )
     try:
         conn = connect(path, "rw", busy_timeout)
         try:
@@ -271,7 +273,7 @@ class ReadOnlyDb:
             data = as_bytes(raw)
             v = version if isinstance(version, int) and version >= 0 else signed_version(data)
             if v is None:
-                log.warning("aktualizr-lite's database: a root of repo %d has no version", repo)
+                log.warning("aktualizr-lite's database: a root has no version", repo=repo)
                 continue
             by_version[v] = StoredMeta(v, data)
         return tuple(by_version[v] for v in sorted(by_version))
@@ -289,7 +291,7 @@ class ReadOnlyDb:
             data = as_bytes(row[0])
             v = signed_version(data)
             if v is None:
-                log.warning("aktualizr-lite's database: its %s has no readable version", role)
+                log.warning(f"aktualizr-lite's database: its {role} has no readable version")
                 continue
             out[role] = StoredMeta(v, data)
         return out
@@ -347,7 +349,7 @@ def open_readonly(
     if isinstance(checked, Absent):
         conn.close()
         absent = Absent(f"aktualizr-lite's database {path} is ignored: {checked.reason}")
-        log.warning("%s", absent.reason)
+        log.warning(absent.reason)
         return absent
     return ReadOnlyDb(path, conn, checked)
 
@@ -426,7 +428,7 @@ def load_flagged(conn: sqlite3.Connection, serial: str, flag: str) -> Optional[I
         try:
             parsed = json.loads(custom_str)
         except ValueError:
-            log.warning("aktualizr-lite's database: unparsable custom data of %s", name)
+            log.warning("aktualizr-lite's database: unparsable custom data", target=str(name))
         else:
             custom = parsed if isinstance(parsed, dict) else None
     return InstalledVersion(

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import enum
 import json
-import logging
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
@@ -47,8 +46,9 @@ from usbupdater.aklite_db import (
     primary_serial,
     signed_version,
 )
+from usbupdater.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger("aklite-db")
 
 
 @dataclass(frozen=True)
@@ -223,10 +223,8 @@ def _store_metadata(conn: sqlite3.Connection, meta: TufUpdate) -> tuple[tuple[in
         old_v = signed_version(as_bytes(old[0])) if old is not None else None
         if old_v is not None and old_v > v:
             log.info(
-                "aktualizr-lite's database holds a newer %s (v%d > v%d): its metadata is kept",
-                role,
-                old_v,
-                v,
+                f"aktualizr-lite's database holds a newer {role} (v{old_v} > v{v}): "
+                "its metadata is kept"
             )
             return tuple(stored_roots), False
     for role, raw in given.items():
@@ -268,7 +266,11 @@ def _apply(
 ) -> tuple[tuple[int, ...], bool]:
     serial = primary_serial(conn)
     if _already_recorded(conn, serial, target, mode):
-        log.info("aktualizr-lite's database already records %s as %s", target.name, mode.value)
+        log.info(
+            "aktualizr-lite's database already records the target",
+            target=target.name,
+            mode=mode.value,
+        )
     else:
         if failed is not None:
             _save_installed_version(conn, serial, failed, "none", correlation_id)
@@ -317,7 +319,7 @@ def record_installed(
             if isinstance(checked, Absent):
                 conn.execute("ROLLBACK")
                 reason = f"aktualizr-lite's database {path} is not updated: {checked.reason}"
-                log.warning("%s", reason)
+                log.warning(reason)
                 return Recorded(False, reason)
             roots, top = _apply(conn, target, mode, failed, metadata, correlation_id)
             conn.execute("COMMIT")
@@ -330,10 +332,10 @@ def record_installed(
     finally:
         conn.close()
     log.info(
-        "aktualizr-lite's database: %s recorded as %s%s (%.0f ms)",
-        target.name,
-        mode.value,
-        f", {failed.name} as failing" if failed is not None else "",
-        (time.monotonic() - started) * 1000,
+        "aktualizr-lite's database: target recorded",
+        target=target.name,
+        mode=mode.value,
+        failing=failed.name if failed is not None else None,
+        ms=round((time.monotonic() - started) * 1000),
     )
     return Recorded(True, "", roots, top)

@@ -271,6 +271,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return watch_main(cfg, tuple(args.config or ()))
 
 
+def _quiet_option(p: argparse.ArgumentParser) -> None:
+    """Commands that meter their work show a progress bar at a terminal; --quiet hides it."""
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar at a terminal")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="usbupdater",
@@ -317,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MACHINE",
         help="the device's machine (uname -m, e.g. aarch64) for the app images; default this one",
     )
+    _quiet_option(p)
     p = add(
         "install",
         cmd_install,
@@ -327,12 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--target", metavar="NAME", help="install this target, not the newest")
     p.add_argument("-f", "--force", action="store_true", help="allow a downgrade or a retry")
     _result_json(p)
+    _quiet_option(p)
     p = add(
         "run",
         cmd_run,
         "finish the pending installation after the reboot: start the apps, confirm or roll back",
     )
     _result_json(p)
+    _quiet_option(p)
     p = add("current", cmd_current, "show the target the device runs")
     p.add_argument("--json", action="store_true", help="print the target as JSON")
     p = add("status", cmd_status, "show current and pending targets and the last result")
@@ -390,6 +398,12 @@ def main(
 
     log.configure(args.log_level)
     try:
+        if hasattr(args, "quiet"):  # install, run, check: one meter, a bar at a terminal
+            from usbupdater.cli_progress import run_metered
+
+            return run_metered(
+                lambda: int(args.handler(args)), bar=not args.quiet, log_level=args.log_level
+            )
         return int(args.handler(args))
     except UpdaterError as exc:
         print(f"usbupdater: {exc.reason}", file=sys.stderr)

@@ -46,7 +46,6 @@ from usbupdater.errors import (
     UpdaterError,
 )
 from usbupdater.lock import AkliteLock
-from usbupdater.progress import Progress
 from usbupdater.rootfs import OstreeSysroot
 from usbupdater.state import DeviceState, LastResult, PendingInstall, StateStore, TargetRecord
 
@@ -146,8 +145,7 @@ def finish(dev: Device, state: DeviceState, command: str, outcome: Outcome) -> O
     """Record the outcome as the last result (the state's commit point of a finished step)."""
     result = LastResult(command, int(outcome.code), outcome.message, outcome.target, timefmt.now())
     dev.state.save(replace(state, last_result=result))  # COMMIT POINT
-    ok = outcome.code == ExitCode.OK
-    progress.emit(Progress("done", outcome.message, 1 if ok else None, 1 if ok else None))
+    progress.done(outcome.message, outcome.code in progress.COMPLETE_CODES)
     return outcome
 
 

@@ -24,6 +24,8 @@ from usbupdater import log
 
 logger = log.get_logger("progress")
 
+# Exit codes of a command whose work is all done (100 %), even when a reboot must follow.
+COMPLETE_CODES = (0, 16, 100, 101)
 EMIT_INTERVAL = 0.5  # seconds between two byte records of one meter (phase changes always go)
 
 
@@ -75,6 +77,18 @@ def emit(p: Progress) -> None:
     _sink(p)
 
 
+def done(message: str, complete: bool) -> None:
+    """A command's last word: 100 % when its work completed (even if a reboot must follow)."""
+    meter = _active.get()
+    if meter is not None:
+        if complete:
+            meter.finish("done", message)
+        else:
+            meter.phase("done", message)
+    else:
+        _sink(Progress("done", message, 1 if complete else None, 1 if complete else None))
+
+
 def announce(phase: str, message: str) -> None:
     """A phase with no byte count (or the start of one): goes out at once."""
     meter = _active.get()
@@ -104,6 +118,7 @@ class Meter:
         self.done_bytes = 0
         self._phase = ""
         self._message = ""
+        self.finished = False
 
     def _record(self) -> Progress:
         total = self.total_bytes if self.total_bytes > 0 else None
@@ -139,11 +154,18 @@ class Meter:
             p = self._record()
         self._send(p)
 
-    def finish(self) -> None:
+    def finish(self, phase: Optional[str] = None, message: Optional[str] = None) -> None:
         """The last record: whatever was counted is all there was (100 %)."""
         with self._lock:
-            self.total_bytes = max(self.total_bytes, self.done_bytes)
+            self.total_bytes = self.done_bytes  # what was expected but not read was not needed
+            if phase is not None:
+                self._phase = phase
+            if message is not None:
+                self._message = message
+            self.finished = True
             p = self._record()
+            if p.total_bytes is None:  # nothing was counted: the work is still all done
+                p = Progress(p.phase, p.message, 1, 1)
         self._send(p)
 
 

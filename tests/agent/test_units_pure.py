@@ -12,7 +12,7 @@ import pytest
 
 from usbupdater import config
 from usbupdater.agent import policy, report
-from usbupdater.agent.backend import LineReader, Progress, Updater, parse_current
+from usbupdater.agent.backend import LineReader, Progress, Updater, line_priority, parse_current
 from usbupdater.agent.filter import Stick, refusal
 from usbupdater.agent.journal import JobRecord, Journal, boot_token
 from usbupdater.agent.media import NoBundle, fill, find_bundle, mount_options, mountpoint_name
@@ -183,6 +183,20 @@ def test_line_reader() -> None:
     assert r.errors == ["verify failed: bad sig"]
     assert r.reason == "targets.json: signature threshold not met"
     assert len(r.tail) == 6
+    r.feed('<6>{"event": "progress", "phase": "p", "done_bytes": 30, "total_bytes": 120}\n')
+    r.feed('{"event": "progress", "phase": "p", "done_bytes": 3, "total_bytes": 0, "percent": 7}')
+    assert seen[-2:] == [Progress("p", 25.0, "", 30, 120), Progress("p", 7.0, "", 3, 0)]
+    r.feed('<3>{"event": "apply failed", "level": "error"}\n')  # a journald prefix is no matter
+    assert r.errors[-1] == "apply failed"
+
+
+def test_line_priority_of_the_cores_lines() -> None:
+    assert line_priority('{"event": "x", "level": "error"}') == 3
+    assert line_priority('{"event": "x", "level": "warning"}') == 4
+    assert line_priority('{"event": "x", "level": "debug"}') == 7
+    assert line_priority("usbupdater: targets.json: signature threshold not met") == 3
+    assert line_priority("<2>anything") == 2
+    assert line_priority("plain text") == line_priority("{broken") == 6
 
 
 def test_parse_current() -> None:
@@ -344,7 +358,10 @@ def test_report_refuses_a_symlinked_directory(tmp_path: Path) -> None:
 def test_status_file_notify_and_console(tmp_path: Path) -> None:
     log = tmp_path / "notify.log"
     hook = tmp_path / "hook.sh"
-    hook.write_text(f'#!/bin/sh\necho "$1|$2|$USBUPDATER_PERCENT|$USBUPDATER_RESULT" >> {log}\n')
+    hook.write_text(
+        "#!/bin/sh\n"
+        f'echo "$1|$2|$USBUPDATER_PERCENT|$USBUPDATER_RESULT|$USBUPDATER_DONE_BYTES" >> {log}\n'
+    )
     hook.chmod(0o755)
     console = tmp_path / "console"
     s = AgentSettings(
@@ -352,22 +369,33 @@ def test_status_file_notify_and_console(tmp_path: Path) -> None:
         notify_command=(str(hook),),
         console=str(console),
     )
-    b = StatusBoard(s, clock=lambda: 0.0)
+    now = [0.0]
+    b = StatusBoard(s, clock=lambda: now[0])
     b.set("installing", "verifying", target=None)
-    for pct in (1, 2, 15, 16, 55):
-        b.progress(pct, "copying", "copying-rootfs")
+    seen = []
+    for t, pct in ((0.1, 1), (0.5, 2), (1.2, 15), (1.3, 16), (1.4, 9), (2.5, 55), (2.6, None)):
+        now[0] = t
+        b.progress(pct, "copying", "copying-rootfs", None if pct is None else pct * 10, 1000)
+        seen.append(json.loads(s.status_file.read_text())["percent"])
+    assert seen == [1, 2, 15, 16, 16, 55, 55]  # a late smaller record never shows
+    assert json.loads(s.status_file.read_text())["done_bytes"] == 550
+    now[0] = 2.7
     b.set("safe-to-remove", "done", result="updated")
     doc = json.loads(s.status_file.read_text())
     assert doc["phase"] == "safe-to-remove" and doc["safe_to_remove"] is True
-    assert doc["result"] == "updated" and doc["percent"] is None
-    assert doc["time"] == "1970-01-01T00:00:00Z"
+    assert doc["result"] == "updated" and doc["percent"] is None and doc["done_bytes"] is None
+    assert doc["time"] == "1970-01-01T00:00:02Z"
     assert log.read_text().splitlines() == [
-        "installing|verifying||",
-        "safe-to-remove|done||updated",
+        "installing|verifying|||",
+        "installing|copying|1||10",  # each 10 % step, with the same numbers
+        "installing|copying|15||150",
+        "installing|copying|55||550",
+        "safe-to-remove|done||updated|",
     ]
     lines = console.read_text().splitlines()
     assert lines[0] == "usbupdater: installing verifying"
-    assert [ln.split()[2] for ln in lines[1:-1]] == ["1%", "15%", "55%"]  # one per 10 %
+    assert [ln.split()[2] for ln in lines[1:-1]] == ["15%", "55%"]  # at most one a second
+    assert lines[-1] == "usbupdater: safe-to-remove done"  # a phase change always shows
 
 
 def test_status_board_two_writers(tmp_path: Path) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
-import logging
 from datetime import timedelta
 
 import pytest
 from trust_helpers import LATER, T0, Device
 
+from usbupdater import log
 from usbupdater.errors import BundleMetadataError
 from usbupdater.sim.signer import BundleInfo, SigningKey, edit, resign
 
@@ -19,12 +20,19 @@ def _bundle_error(device: Device, match: str) -> None:
     assert info.value.code == 15
 
 
-def test_absent_is_a_legacy_bundle(device: Device, caplog: pytest.LogCaptureFixture) -> None:
+def test_absent_is_a_legacy_bundle(device: Device) -> None:
+    """The warning is a JSON log record like every other (structlog, not stdlib logging)."""
     device.write_bundle(bundle=None)
-    with caplog.at_level(logging.WARNING):
+    out = io.StringIO()
+    log.configure(2, stream=out)
+    try:
         result = device.verify()
+    finally:
+        log.configure()
     assert result.bundle_targets is None
-    assert "legacy bundle" in caplog.text
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    legacy = [r for r in records if "legacy bundle" in r["event"]]
+    assert legacy and legacy[0]["level"] == "warning" and legacy[0]["component"] == "trust"
 
 
 def test_verified_bundle_targets(device: Device) -> None:

@@ -2,10 +2,11 @@
 
 The agent knows the core only through its command line (spec section 4), so the same agent
 drives our `usbupdater` or Foundries' `aklite-offline`. The core's stderr is passed on to the
-agent's own stderr (the journal) line by line, and read on the way: JSON progress records
-(`{"event": "progress", "phase", "percent", "message"}`) feed the status file, error records and
-the last `usbupdater: ` line become the reason shown to people. Nothing here depends on those
-records being present.
+agent's own stderr (the journal) line by line, each with its syslog priority when that is
+journald's stream, and read on the way: JSON progress records (`{"event": "progress", "phase",
+"done_bytes", "total_bytes", "percent", "message"}`) feed the status file, error records and the
+last `usbupdater: ` line become the reason shown to people. Nothing here depends on those records
+being present.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class Progress:
     phase: str
     percent: Optional[float]
     message: str
+    done_bytes: Optional[int] = None
+    total_bytes: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -72,12 +75,29 @@ class Outcome:
         }
 
 
+def _number(value: object) -> Optional[float]:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    return float(value) if ok and value >= 0 else None  # type: ignore[operator,arg-type]
+
+
 def parse_progress(record: dict[str, object]) -> Optional[Progress]:
+    """The core's `progress` record (`usbupdater.progress.Progress.fields`); the percent is
+    taken from the byte counts when the record carries them, else from `percent`."""
     if record.get("event") != "progress":
         return None
-    pct = record.get("percent")
-    percent = float(pct) if isinstance(pct, (int, float)) and not isinstance(pct, bool) else None
-    return Progress(str(record.get("phase") or ""), percent, str(record.get("message") or ""))
+    done, total = _number(record.get("done_bytes")), _number(record.get("total_bytes"))
+    percent = _number(record.get("percent"))
+    if done is not None and total:
+        percent = 100.0 * done / total
+    if percent is not None:
+        percent = round(min(100.0, percent), 1)
+    return Progress(
+        str(record.get("phase") or ""),
+        percent,
+        str(record.get("message") or ""),
+        None if done is None else int(done),
+        None if total is None else int(total),
+    )
 
 
 def error_text(record: dict[str, object]) -> Optional[str]:
@@ -98,7 +118,7 @@ class LineReader:
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
 
     def feed(self, line: str) -> None:
-        line = line.rstrip("\n")
+        _, line = log.split_priority(line.rstrip("\n"))
         if not line.strip():
             return
         self.tail.append(line[:500])
@@ -195,6 +215,8 @@ class Updater:
         return outcome
 
     def _echo(self, line: str) -> None:
+        if log.journal():  # the core's line keeps its level in the agent's journal
+            line = f"<{line_priority(line)}>{log.split_priority(line)[1]}"
         try:
             self.echo.write(line if line.endswith("\n") else line + "\n")
             self.echo.flush()
@@ -236,6 +258,24 @@ class Updater:
         if outcome.meaning.action != dialects.READ_OUTPUT:
             return None
         return parse_current(outcome.stdout)
+
+
+def line_priority(line: str) -> int:
+    """The syslog priority of one of the core's stderr lines: its own prefix, else its JSON
+    record's level; the one-line failure reason (`usbupdater: ...`) is an error."""
+    given, text = log.split_priority(line)
+    if given is not None:
+        return given
+    if text.startswith(REASON_PREFIXES):
+        return log.PRIORITIES["error"]
+    if text.startswith("{"):
+        try:
+            record = json.loads(text)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            return log.priority(record.get("level", "info"))
+    return log.PRIORITIES["info"]
 
 
 def parse_current(text: str) -> Optional[str]:

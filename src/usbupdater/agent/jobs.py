@@ -270,7 +270,7 @@ class JobRunner:
         self.status.set("safe-to-remove", f"{d.message}. It is safe to remove the stick.")
 
     def _progress(self, p: Progress) -> None:
-        self.status.progress(p.percent, p.message, p.phase)
+        self.status.progress(p.percent, p.message, p.phase, p.done_bytes, p.total_bytes)
 
     def _record(self, rec: JobRecord, out: Outcome) -> None:
         rec.outcomes.append(out.to_json())

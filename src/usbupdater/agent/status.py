@@ -1,10 +1,12 @@
 """Feedback for people: the status file, the notify hook, the console line, systemd's STATUS.
 
 `status.json` is rewritten atomically on every change, so a kiosk display or a shell loop can
-read it at any time. The notify command runs on each phase change only (an LED does not need
-every percent), synchronously and with a short timeout, so its calls arrive in order; its failure
-never stops an update. The console gets one line per phase and per 10 % of a long step: enough for
-a technician watching a serial console, not a flood.
+read it at any time. Its `percent` comes from the bytes the core really read (`done_bytes` of
+`total_bytes`) and never goes down within a phase: records may arrive late, a display must not
+jump back. The notify command runs on each phase change and on each 10 % of a long step (a
+kiosk shows the bar, an LED can ignore it), synchronously and with a short timeout, so its calls
+arrive in order; its failure never stops an update. The console gets a line on each phase change
+and at most one a second in between: enough for a technician at a serial console, not a flood.
 
 Messages and fields may carry stick-controlled names (folder, target, label) and the core's
 reason: every string is passed through `textsafe.safe_text` when it enters the board, so the
@@ -28,6 +30,7 @@ from usbupdater.fsutil import atomic_write
 from usbupdater.textsafe import clean, safe_text
 
 NOTIFY_TIMEOUT = 10.0
+CONSOLE_INTERVAL = 1.0  # seconds between two console lines of one phase
 MAX_MESSAGE = 300  # characters of a status message (after escaping)
 MAX_FIELD = 200  # characters of any other string field
 # O_CREAT: the console may be a log file; /dev/console always exists.
@@ -90,7 +93,8 @@ class StatusBoard:
         self.clock = clock
         self._log = log.get_logger("status")
         self.doc: dict[str, Any] = {}
-        self._console_mark: tuple[str, int] = ("", -1)
+        self._console_mark: tuple[str, float] = ("", float("-inf"))  # phase, time of the line
+        self._notify_mark: tuple[str, int] = ("", -1)  # phase, decile of the last call
         self._lock = threading.RLock()
 
     @property
@@ -124,25 +128,40 @@ class StatusBoard:
         doc.update(phase=phase, message=safe_text(message, MAX_MESSAGE), time=iso(self.clock()))
         doc.setdefault("percent", None)
         if phase != previous and "percent" not in fields:
-            doc["percent"] = None
+            doc.update(percent=None, done_bytes=None, total_bytes=None)
         doc["safe_to_remove"] = phase in ("idle", "safe-to-remove")
         self.doc = doc
         self._write()
         if phase != previous:
+            self._notify_mark = (phase, _decile(doc.get("percent")))
             self._notify()
             sd_notify(f"STATUS={phase}: {safe_text(doc['message'], 180)}")
         self._console()
 
     @_locked
-    def progress(self, percent: Optional[float], message: str, step: str = "") -> None:
-        """A progress record from the core, inside the current phase."""
+    def progress(
+        self,
+        percent: Optional[float],
+        message: str,
+        step: str = "",
+        done_bytes: Optional[int] = None,
+        total_bytes: Optional[int] = None,
+    ) -> None:
+        """A progress record from the core, inside the current phase (percent: the largest)."""
+        pct = _monotonic(self.doc.get("percent"), percent)
         self.doc.update(
-            percent=None if percent is None else round(max(0.0, min(100.0, percent)), 1),
+            percent=pct,
             message=safe_text(message, MAX_MESSAGE) if message else self.doc.get("message", ""),
             step=safe_text(step, MAX_FIELD) if step else self.doc.get("step"),
             time=iso(self.clock()),
         )
+        if done_bytes is not None and total_bytes:
+            self.doc.update(done_bytes=int(done_bytes), total_bytes=int(total_bytes))
         self._write()
+        mark = (str(self.doc.get("phase", "")), _decile(pct))
+        if mark != self._notify_mark:
+            self._notify_mark = mark
+            self._notify()
         self._console()
 
     @_locked
@@ -167,6 +186,9 @@ class StatusBoard:
             USBUPDATER_PHASE=str(d.get("phase", "")),
             USBUPDATER_MESSAGE=str(d.get("message", "")),
             USBUPDATER_PERCENT="" if d.get("percent") is None else str(d["percent"]),
+            USBUPDATER_DONE_BYTES="" if d.get("done_bytes") is None else str(d["done_bytes"]),
+            USBUPDATER_TOTAL_BYTES="" if d.get("total_bytes") is None else str(d["total_bytes"]),
+            USBUPDATER_STEP=str(d.get("step") or ""),
             USBUPDATER_TARGET=str(d.get("target") or ""),
             USBUPDATER_RESULT=str(d.get("result") or ""),
             USBUPDATER_CODE="" if d.get("code") is None else str(d["code"]),
@@ -187,10 +209,11 @@ class StatusBoard:
         d = self.doc
         phase = str(d.get("phase", ""))
         pct = d.get("percent")
-        decile = -1 if pct is None else int(pct // 10)
-        if (phase, decile) == self._console_mark:
+        now = self.clock()
+        last_phase, last_time = self._console_mark
+        if phase == last_phase and 0 <= now - last_time < CONSOLE_INTERVAL:
             return
-        self._console_mark = (phase, decile)
+        self._console_mark = (phase, now)
         shown = "" if pct is None else f" {pct:.0f}%"
         line = safe_text(f"usbupdater: {phase}{shown} {d.get('message', '')}".rstrip(), 400) + "\n"
         try:
@@ -203,3 +226,15 @@ class StatusBoard:
             pass
         finally:
             os.close(fd)
+
+
+def _decile(percent: Optional[float]) -> int:
+    return -1 if percent is None else int(percent // 10)
+
+
+def _monotonic(previous: Any, percent: Optional[float]) -> Optional[float]:
+    """The percent to show: within [0, 100], never below what was shown in this phase."""
+    if percent is None:
+        return previous if isinstance(previous, (int, float)) else None
+    pct = round(max(0.0, min(100.0, percent)), 1)
+    return max(pct, previous) if isinstance(previous, (int, float)) else pct

@@ -13,7 +13,6 @@ older than what the device got online. A missing database or an unknown schema i
 from __future__ import annotations
 
 import copy
-import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -26,6 +25,7 @@ from typing import Any
 from usbupdater import aklite_db, safeio
 from usbupdater.config import Config
 from usbupdater.errors import MetadataMissingError, SecurityError, UpdaterError
+from usbupdater.log import get_logger
 from usbupdater.trust import store
 from usbupdater.trust.dialect import (
     MAX_META_SIZE,
@@ -43,7 +43,7 @@ from usbupdater.trust.trusted_set import (
     walk_roots,
 )
 
-log = logging.getLogger(__name__)
+log = get_logger("trust")
 
 _ROOT_NAME = re.compile(r"^([1-9][0-9]{0,8})\.root\.json$")
 
@@ -156,10 +156,10 @@ def _db_roots(
     try:
         root, walked = walk_roots(local, fetch, _NEVER)
     except UpdaterError as exc:
-        log.warning("%s: its roots after v%d are ignored: %s", DB_SOURCE, local.version, exc.reason)
+        log.warning(f"{DB_SOURCE}: its roots after v{local.version} are ignored", error=exc.reason)
         return local, ()
     if walked:
-        log.info("%s: root v%d (online root rotation) is trusted", DB_SOURCE, root.version)
+        log.info(f"{DB_SOURCE}: root v{root.version} (online root rotation) is trusted")
     return root, walked
 
 
@@ -178,12 +178,12 @@ def _stored_meta(
             envs[role] = load(canonical(doc), role, f"stored {role}")
             sources[role] = "usbupdater"
         except SecurityError as exc:  # written by us after verification: should not happen
-            log.error("ignoring the device's stored %s: %s", role, exc.reason)
+            log.error(f"ignoring the device's stored {role}", error=exc.reason)
     for role, meta in ak.image_top.items():
         try:
             env: Envelope[Any] = load(meta.raw, role, f"{role} of {DB_SOURCE}")
         except SecurityError as exc:
-            log.warning("%s: its %s is ignored: %s", DB_SOURCE, role, exc.reason)
+            log.warning(f"{DB_SOURCE}: its {role} is ignored", error=exc.reason)
             continue
         if role not in envs or env.version > envs[role].version:
             envs[role], sources[role] = env, DB_SOURCE
@@ -322,11 +322,11 @@ class TrustSession:
         self._result, self._docs, self._now = result, docs, now
         self._db_roots = db_roots
         log.info(
-            "TUF metadata verified: root v%d, targets v%d, expires %s%s",
-            result.root.version,
-            result.targets.version,
-            format_time(result.expires),
-            " (device's stored metadata)" if result.from_device_cache else "",
+            "TUF metadata verified",
+            root_version=result.root.version,
+            targets_version=result.targets.version,
+            expires=format_time(result.expires),
+            from_device_cache=result.from_device_cache,
         )
         return TrustedMetadata(
             # A deep copy: callers may annotate entries; what commit() persists must stay as signed.

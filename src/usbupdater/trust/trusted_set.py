@@ -12,7 +12,6 @@ device's stored metadata when that is still valid, and so do we (`from_device_ca
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +20,7 @@ from typing import Any, Callable, Optional
 from tuf.api.metadata import MetaFile, Root, Snapshot, Targets, Timestamp
 
 from usbupdater.errors import BundleMetadataError, ExpiredError, MetadataMissingError, SecurityError
+from usbupdater.log import get_logger
 from usbupdater.trust.dialect import (
     MAX_META_SIZE,
     MAX_TARGETS_SIZE,
@@ -34,7 +34,7 @@ from usbupdater.trust.dialect import (
     valid_keyids,
 )
 
-log = logging.getLogger(__name__)
+log = get_logger("trust")
 
 MAX_ROOT_ROTATIONS = 256  # as python-tuf: bounds the work a stick full of roots can cause
 BUNDLE_KEY = "x-fio-offline-bundle"
@@ -321,8 +321,8 @@ def verify_chain(
         if cached is None:
             raise SecurityError(f"rollback: {rollback.args[0]}, and {why}") from None
         log.warning(
-            "bundle metadata is older than the device's (%s): using the device's stored metadata",
-            rollback.args[0],
+            "bundle metadata is older than the device's: using the device's stored metadata",
+            reason=str(rollback.args[0]),
         )
         ts, snap, targets = cached
         from_cache = True
