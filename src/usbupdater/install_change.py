@@ -9,6 +9,7 @@ failed and that nothing was installed, or what remains if undoing failed.
 
 from __future__ import annotations
 
+import contextvars
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -124,7 +125,9 @@ def change_device(dev: Device, ci: CheckIn, bundle: Any, rootfs_changed: bool) -
                 "copying-rootfs", f"copying root filesystem {t.sha256[:12]} from the stick"
             )
             dirs = dev.rootfs.object_dirs()
-            pull = pool.submit(dev.rootfs.pull, bundle.ostree_repo, t.sha256)
+            # the pool's thread sees this context's progress meter (PullWatch counts into it)
+            ctx = contextvars.copy_context()
+            pull = pool.submit(ctx.run, dev.rootfs.pull, bundle.ostree_repo, t.sha256)
             undo.add(
                 "the new commit's objects in the sysroot repo",
                 lambda: dev.rootfs.prune(keep_dirs=dirs),
