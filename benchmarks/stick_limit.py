@@ -17,6 +17,7 @@ Run: .venv/bin/python benchmarks/stick_limit.py [--files 20000] [--layers-mib 30
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import subprocess
@@ -25,8 +26,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
-from typing import Optional
 
 from usbupdater.rootfs_space import object_path, walk_commit
 from usbupdater.sim.apps import AppSpec, ServiceSpec
@@ -154,8 +155,8 @@ def measured_speed(stick: Stick, throttle: Throttle) -> float:
 # --- one run of each side ------------------------------------------------------------------
 
 
-def timed(argv: list[str], throttle: Throttle, shell: bool = False) -> tuple[float, int, int]:
-    """Wall seconds, exit code and peak RSS (KiB) of a command inside the throttle."""
+def timed(argv: list[str], throttle: Throttle, shell: bool = False) -> tuple[float, bytes, int]:
+    """Wall seconds, stderr and peak RSS (KiB) of a command inside the throttle."""
     t0 = time.perf_counter()
     p = subprocess.Popen(
         argv,
@@ -171,7 +172,7 @@ def timed(argv: list[str], throttle: Throttle, shell: bool = False) -> tuple[flo
     code = os.waitstatus_to_exitcode(status)
     if code not in (0, 100):
         raise SystemExit(f"{argv[:4]} exited {code}: {err.decode(errors='replace')[-2000:]}")
-    return wall, code, usage.ru_maxrss
+    return wall, err, usage.ru_maxrss
 
 
 def needed_files(stick_root: Path, commit: str) -> list[str]:
@@ -214,11 +215,30 @@ def run_side(
     with mounted(stick, throttle):
         stick.drop_caches()
         before = stick.sectors_read()
-        wall, _, rss = timed(argv, throttle, shell=shell)
+        t0 = time.time()
+        wall, err, rss = timed(argv, throttle, shell=shell)
         read = (stick.sectors_read() - before) * 512
     if dev is not None:
+        print(f"    phases: {phases(err, t0)}")
         dev.destroy()
     return wall, read, rss
+
+
+def phases(log: bytes, t0: float) -> str:
+    """When each progress phase of the install began (seconds from its start)."""
+    out = []
+    last = ""
+    for line in log.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        phase = rec.get("phase") if rec.get("event") == "progress" else None
+        if phase and phase != last:
+            last = phase
+            at = datetime.fromisoformat(rec["timestamp"].replace("Z", "+00:00")).timestamp()
+            out.append(f"{phase} {at - t0:.1f}")
+    return ", ".join(out)
 
 
 def bench(
@@ -258,8 +278,8 @@ def row(res: dict[str, object]) -> str:
     rb, rw, rss = ins[1] / flo[1], ins[0] / flo[0], ins[2] / 1024
     ok = rb <= GOAL_BYTES and rw <= GOAL_WALL and rss < GOAL_RSS_MB
     return (
-        f"| {res['label']:4s} | {ins[0]:6.1f} s | {flo[0]:6.1f} s | {rw:5.2f} | "
-        f"{ins[1] / 1e6:7.1f} MB | {flo[1] / 1e6:7.1f} MB | {rb:5.2f} | {rss:5.1f} MB | "
+        f"| {res['label']} | {ins[0]:.1f} s | {flo[0]:.1f} s | {rw:.2f} | "
+        f"{ins[1] / 1e6:.1f} MB | {flo[1] / 1e6:.1f} MB | {rb:.2f} | {rss:.1f} MB | "
         f"{'yes' if ok else 'NO'} |"
     )
 
@@ -319,8 +339,10 @@ def main() -> int:
             f" goals: bytes <= {GOAL_BYTES} x floor, wall <= {GOAL_WALL} x floor, "
             f"RSS < {GOAL_RSS_MB} MB"
         )
-        print("| fs   | install  | floor    | wall  | install read | floor read | bytes | RSS     | goals |")
-        print("|------|----------|----------|-------|--------------|------------|-------|---------|-------|")
+        print(
+            "| fs | install | floor | wall x | install read | floor read | bytes x | RSS | goals |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|")
         for res in results:
             print(row(res))
         return 0
