@@ -37,6 +37,22 @@ from usbupdater.sim.setup import create_device
 from usbupdater.sim.sticks import Sticks, sh
 
 GOAL_BYTES, GOAL_WALL, GOAL_RSS_MB = 1.05, 1.10, 80
+# The other order, for comparison: the rootfs pull runs to its end before the apps are read
+# (install_change submits the pull to a thread pool; here the pool runs it at once).
+SEQUENTIAL = """
+import concurrent.futures as cf, runpy, sys
+class Now(cf.ThreadPoolExecutor):
+    def submit(self, fn, /, *args, **kwargs):
+        f = cf.Future()
+        try:
+            f.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            f.set_exception(exc)
+        return f
+cf.ThreadPoolExecutor = Now
+sys.argv = ["usbupdater", *sys.argv[1:]]
+runpy.run_module("usbupdater", run_name="__main__")
+"""
 
 
 def rootfs_files(n: int, seed: int = 18) -> dict[str, bytes]:
@@ -68,14 +84,13 @@ def rootfs_files(n: int, seed: int = 18) -> dict[str, bytes]:
 class Throttle:
     """A cgroup whose members read the loop device at most `bps` bytes a second."""
 
-    def __init__(self, dev_no: str, bps: int) -> None:
+    def __init__(self, bps: int) -> None:
+        self.bps = bps
         v1 = Path("/sys/fs/cgroup/blkio")
         name = f"usbupdater-bench-{os.getpid()}"
         if (v1 / "blkio.throttle.read_bps_device").exists():
             self.kind = "cgroup v1 blkio.throttle.read_bps_device"
             self.path = v1 / name
-            self.path.mkdir()
-            (self.path / "blkio.throttle.read_bps_device").write_text(f"{dev_no} {bps}\n")
         else:
             v2 = Path("/sys/fs/cgroup")
             if "io" not in (v2 / "cgroup.controllers").read_text().split():
@@ -85,8 +100,14 @@ class Throttle:
                 subtree.write_text("+io")
             self.kind = "cgroup v2 io.max"
             self.path = v2 / name
-            self.path.mkdir()
-            (self.path / "io.max").write_text(f"{dev_no} rbps={bps}\n")
+        self.path.mkdir()
+
+    def limit(self, dev_no: str) -> None:
+        """Reads of the device `major:minor` by members: at most `bps` bytes a second."""
+        if self.kind.startswith("cgroup v1"):
+            (self.path / "blkio.throttle.read_bps_device").write_text(f"{dev_no} {self.bps}\n")
+        else:
+            (self.path / "io.max").write_text(f"{dev_no} rbps={self.bps}\n")
 
     def enter(self) -> None:
         """preexec_fn: the child (and what it forks) joins the cgroup."""
@@ -118,6 +139,7 @@ class Stick:
             subprocess.run(
                 ["fusefat", "-o", "ro", self.loop, str(self.mnt)],
                 check=True,
+                stdout=subprocess.DEVNULL,  # its chatter; the daemon keeps no pipe of ours
                 preexec_fn=throttle.enter,
             )
         else:
@@ -137,6 +159,20 @@ class Stick:
     def detach(self) -> None:
         self.umount()
         sh("losetup", "-d", self.loop, check=False)
+
+
+def fat_image(work: Path, content: Path, size_mb: int) -> Path:
+    """A FAT image filled through fusefat (big writes; small files still cost ~7 ms each)."""
+    img, mnt = work / "fat.img", work / "fill-fat"
+    sh("truncate", "-s", f"{size_mb}M", str(img))
+    sh("mkfs.vfat", "-n", "BENCHFAT", str(img))
+    mnt.mkdir()
+    sh("fusefat", "-o", "rw+,big_writes", str(img), str(mnt))
+    try:
+        sh("cp", "-r", f"{content}/.", str(mnt), timeout=1800)
+    finally:
+        sh("umount", str(mnt))
+    return img
 
 
 def measured_speed(stick: Stick, throttle: Throttle) -> float:
@@ -205,9 +241,10 @@ def run_side(
 ) -> tuple[float, int, int]:
     """(wall, bytes read from the loop device, peak RSS KiB) of one side, caches dropped."""
     dev = None
-    if side == "install":
-        dev, cfg = create_device(work / f"dev-{tag}", factory, v1)
-        argv = [sys.executable, "-m", "usbupdater", "install", "-s", str(stick.mnt), "-c", str(cfg)]
+    if side.startswith("install"):
+        dev, cfg = create_device(work / f"dev-{tag}-{side}", factory, v1)
+        how = ["-c", SEQUENTIAL] if side == "install-seq" else ["-m", "usbupdater"]
+        argv = [sys.executable, *how, "install", "-s", str(stick.mnt), "-c", str(cfg)]
         shell = False
     else:
         argv = [f"tar -cf - -C {stick.mnt} -T {listing} | cat >/dev/null"]
@@ -256,7 +293,9 @@ def bench(
         listing.write_text("\n".join(needed_files(stick.mnt, commit)) + "\n")
     best: dict[str, tuple[float, int, int]] = {}
     for r in range(rounds):
-        sides = ["install", "floor"] if r % 2 == 0 else ["floor", "install"]
+        sides = ["install", "floor", "install-seq"]
+        if r % 2:
+            sides.reverse()
         for side in sides:
             wall, read, rss = run_side(
                 side, stick, throttle, work, factory, v1, listing, f"{label}-{r}"
@@ -271,14 +310,17 @@ def bench(
     return {"label": label, **{k: v for k, v in best.items()}}
 
 
-def row(res: dict[str, object]) -> str:
-    ins = res["install"]
+ORDERS = {"install": "pull || apps", "install-seq": "pull, then apps"}
+
+
+def row(res: dict[str, object], side: str) -> str:
+    ins = res[side]
     flo = res["floor"]
     assert isinstance(ins, tuple) and isinstance(flo, tuple)
     rb, rw, rss = ins[1] / flo[1], ins[0] / flo[0], ins[2] / 1024
     ok = rb <= GOAL_BYTES and rw <= GOAL_WALL and rss < GOAL_RSS_MB
     return (
-        f"| {res['label']} | {ins[0]:.1f} s | {flo[0]:.1f} s | {rw:.2f} | "
+        f"| {res['label']}, {ORDERS[side]} | {ins[0]:.1f} s | {flo[0]:.1f} s | {rw:.2f} | "
         f"{ins[1] / 1e6:.1f} MB | {flo[1] / 1e6:.1f} MB | {rb:.2f} | {rss:.1f} MB | "
         f"{'yes' if ok else 'NO'} |"
     )
@@ -291,10 +333,12 @@ def main() -> int:
     ap.add_argument("--mbps", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--no-fat", action="store_true")
+    ap.add_argument("--fat-files", type=int, default=4000, help="fusefat writes ~7 ms a file")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-stick-", dir="/var/tmp"))
     sticks = Sticks(work)
-    opened: list[tuple[Stick, Throttle]] = []
+    opened: list[Stick] = []
+    throttle = Throttle(args.mbps * 1_000_000)
     try:
         t0 = time.perf_counter()
         factory = Factory(work / "factory")
@@ -306,34 +350,33 @@ def main() -> int:
             layer_compression="gzip",
             gzip_level=1,
         )
-        files = rootfs_files(args.files)
-        raw = sum(len(b) for b in files.values())
-        v2 = factory.publish(TargetSpec(2, apps=[app], rootfs_files=files))
-        del files
-        bundle = factory.write_bundle(work / "bundle", [v2.name])
-        size = int(sh("du", "-sm", str(bundle)).stdout.split()[0])
-        print(
-            f"bundle made in {time.perf_counter() - t0:.0f} s: {args.files} rootfs files "
-            f"({raw >> 20} MiB raw), {args.layers_mib} MiB of layers, {size} MiB on disk"
-        )
-        kinds = [("ext4", False)] + ([] if args.no_fat else [("FAT", True)])
+        kinds = [("ext4", False, args.files)]
+        if not args.no_fat:
+            kinds.append(("FAT", True, args.fat_files))
         results = []
-        for label, fat in kinds:
-            t1 = time.perf_counter()
-            img = (
-                sticks.fat_image(bundle, size_mb=size * 2 + 64)
-                if fat
-                else sticks.image(bundle, size_mb=size * 2 + 64)
-            )
+        for n, (label, fat, nfiles) in enumerate(kinds):
+            files = rootfs_files(nfiles, seed=n)
+            raw = sum(len(b) for b in files.values())
+            target = factory.publish(TargetSpec(2 + n, apps=[app], rootfs_files=files))
+            del files
+            bundle = factory.write_bundle(work / f"bundle-{label}", [target.name])
+            size = int(sh("du", "-sm", str(bundle)).stdout.split()[0])
+            img = fat_image(work, bundle, size * 2 + 64) if fat else sticks.image(bundle, size * 2)
             stick = Stick(img, work / f"mnt-{label}", fat)
-            throttle = Throttle(stick.dev_no, args.mbps * 1_000_000)
-            opened.append((stick, throttle))
+            throttle.limit(stick.dev_no)
+            opened.append(stick)
             speed = measured_speed(stick, throttle)
             print(
-                f"{label}: image in {time.perf_counter() - t1:.0f} s, {stick.loop} throttled "
-                f"by {throttle.kind} to {args.mbps} MB/s, measured {speed:.1f} MB/s"
+                f"{label}: {nfiles} rootfs files ({raw >> 20} MiB raw), {args.layers_mib} MiB of "
+                f"layers, {size} MiB bundle, made in {time.perf_counter() - t0:.0f} s; "
+                f"{stick.loop} throttled by {throttle.kind} to {args.mbps} MB/s, "
+                f"measured {speed:.1f} MB/s"
             )
-            results.append(bench(label, stick, throttle, work, factory, v1, v2.commit, args.rounds))
+            t0 = time.perf_counter()
+            results.append(
+                bench(label, stick, throttle, work, factory, v1, target.commit, args.rounds)
+            )
+            t0 = time.perf_counter()
         print(
             f"\nstick read at {args.mbps} MB/s; best of {args.rounds} alternating runs per side;"
             f" goals: bytes <= {GOAL_BYTES} x floor, wall <= {GOAL_WALL} x floor, "
@@ -344,12 +387,13 @@ def main() -> int:
         )
         print("|---|---|---|---|---|---|---|---|---|")
         for res in results:
-            print(row(res))
+            for side in ORDERS:
+                print(row(res, side))
         return 0
     finally:
-        for stick, throttle in opened:
+        for stick in opened:
             stick.detach()
-            throttle.remove()
+        throttle.remove()
         sticks.cleanup()
         remove_tree(work)
 
