@@ -333,7 +333,7 @@ def main() -> int:
     ap.add_argument("--mbps", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--no-fat", action="store_true")
-    ap.add_argument("--fat-files", type=int, default=4000, help="fusefat writes ~7 ms a file")
+    ap.add_argument("--fat-files", type=int, default=2000, help="fusefat: ~7 ms a file written")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-stick-", dir="/var/tmp"))
     sticks = Sticks(work)
