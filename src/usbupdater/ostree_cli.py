@@ -155,6 +155,7 @@ _CORRUPT = (
     "writing content object",
     "unexpected eof",
     "decompress",
+    "file header",  # "File header size is zero": a .filez that is no file object (a sparse one)
 )
 _MISSING = ("couldn't find", "no such metadata object", "not found", "no such file")
 _CHECKSUM = re.compile(r"(?<![0-9a-f])([0-9a-f]{64})(?![0-9a-f])")
