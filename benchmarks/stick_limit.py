@@ -5,7 +5,7 @@ reads are throttled to `--mbps` MB/s with the block-I/O cgroup (v1 `blkio.thrott
 read_bps_device` or v2 `io.max`, whichever this machine has); the page cache is dropped before
 every run. The target: a rootfs commit of `--files` files sized like a root filesystem (most
 under 4 KiB, a few large) plus `--layers-mib` MiB of app layers. Ours: the real CLI on a fresh
-simulated device. The floor: `tar -c` of exactly the files install needs (the commit's objects
+simulated device (pull, then apps), and the other order for comparison (pull || apps). The floor: `tar -c` of exactly the files install needs (the commit's objects
 and the bundle's apps/ and tuf/) from the same throttled stick into a pipe. Reported per side:
 wall time, bytes read from the loop device (`/sys/block/<loop>/stat`), peak RSS. Goals: install
 bytes <= 1.05 x floor, wall <= 1.10 x floor, RSS < 80 MB. The FAT row: the same bundle on a FAT
@@ -23,6 +23,7 @@ import random
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,19 +38,31 @@ from usbupdater.sim.setup import create_device
 from usbupdater.sim.sticks import Sticks, sh
 
 GOAL_BYTES, GOAL_WALL, GOAL_RSS_MB = 1.05, 1.10, 80
-# The other order, for comparison: the rootfs pull runs to its end before the apps are read
-# (install_change submits the pull to a thread pool; here the pool runs it at once).
-SEQUENTIAL = """
-import concurrent.futures as cf, runpy, sys
-class Now(cf.ThreadPoolExecutor):
-    def submit(self, fn, /, *args, **kwargs):
-        f = cf.Future()
+# The other order, for comparison: the rootfs pull in a thread while the apps are read (what
+# install_change did before this benchmark), joined before the commit is first used.
+OVERLAPPED = """
+import runpy, sys, threading
+from usbupdater import rootfs
+real_pull, state = rootfs.OstreeSysroot.pull, {}
+def pull(self, *args, **kwargs):
+    def run():
         try:
-            f.set_result(fn(*args, **kwargs))
+            real_pull(self, *args, **kwargs)
         except BaseException as exc:
-            f.set_exception(exc)
-        return f
-cf.ThreadPoolExecutor = Now
+            state["err"] = exc
+    state["t"] = threading.Thread(target=run)
+    state["t"].start()
+def joined(real):
+    def call(self, *args, **kwargs):
+        if "t" in state:
+            state.pop("t").join()
+        if "err" in state:
+            raise state.pop("err")
+        return real(self, *args, **kwargs)
+    return call
+rootfs.OstreeSysroot.pull = pull
+rootfs.OstreeSysroot.read_commit_file = joined(rootfs.OstreeSysroot.read_commit_file)
+rootfs.OstreeSysroot.deploy = joined(rootfs.OstreeSysroot.deploy)
 sys.argv = ["usbupdater", *sys.argv[1:]]
 runpy.run_module("usbupdater", run_name="__main__")
 """
@@ -191,8 +204,11 @@ def measured_speed(stick: Stick, throttle: Throttle) -> float:
 # --- one run of each side ------------------------------------------------------------------
 
 
-def timed(argv: list[str], throttle: Throttle, shell: bool = False) -> tuple[float, bytes, int]:
-    """Wall seconds, stderr and peak RSS (KiB) of a command inside the throttle."""
+def timed(
+    argv: list[str], throttle: Throttle, shell: bool = False
+) -> tuple[float, bytes, dict[str, int]]:
+    """Wall seconds, stderr and the peak RSS (KiB, `VmHWM`) of each program of a command run
+    inside the throttle, sampled every 50 ms (wait4's `ru_maxrss` would only give the largest)."""
     t0 = time.perf_counter()
     p = subprocess.Popen(
         argv,
@@ -201,14 +217,33 @@ def timed(argv: list[str], throttle: Throttle, shell: bool = False) -> tuple[flo
         preexec_fn=throttle.enter,
         shell=shell,
     )
+    peaks: dict[str, int] = {}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.05):
+            for pid in (throttle.path / "cgroup.procs").read_text().split():
+                try:
+                    status = Path(f"/proc/{pid}/status").read_text()
+                except OSError:
+                    continue
+                fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+                name = fields.get("Name", "?").strip()
+                hwm = int(fields.get("VmHWM", "0 kB").split()[0])
+                peaks[name] = max(peaks.get(name, 0), hwm)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
     assert p.stderr is not None
     err = p.stderr.read()
-    _, status, usage = os.wait4(p.pid, 0)
+    _, status, _ = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t0
+    done.set()
+    sampler.join()
     code = os.waitstatus_to_exitcode(status)
     if code not in (0, 100):
         raise SystemExit(f"{argv[:4]} exited {code}: {err.decode(errors='replace')[-2000:]}")
-    return wall, err, usage.ru_maxrss
+    return wall, err, peaks
 
 
 def needed_files(stick_root: Path, commit: str) -> list[str]:
@@ -243,7 +278,7 @@ def run_side(
     dev = None
     if side.startswith("install"):
         dev, cfg = create_device(work / f"dev-{tag}-{side}", factory, v1)
-        how = ["-c", SEQUENTIAL] if side == "install-seq" else ["-m", "usbupdater"]
+        how = ["-c", OVERLAPPED] if side == "install-ovl" else ["-m", "usbupdater"]
         argv = [sys.executable, *how, "install", "-s", str(stick.mnt), "-c", str(cfg)]
         shell = False
     else:
@@ -253,10 +288,13 @@ def run_side(
         stick.drop_caches()
         before = stick.sectors_read()
         t0 = time.time()
-        wall, err, rss = timed(argv, throttle, shell=shell)
+        wall, err, peaks = timed(argv, throttle, shell=shell)
         read = (stick.sectors_read() - before) * 512
+    # the usbupdater process itself (python); its children (ostree) are shown beside it
+    rss = max((v for k, v in peaks.items() if k.startswith("python")), default=0)
     if dev is not None:
-        print(f"    phases: {phases(err, t0)}")
+        shown = ", ".join(f"{k} {v >> 10} MiB" for k, v in sorted(peaks.items()))
+        print(f"    phases: {phases(err, t0)}; peak RSS: {shown}")
         dev.destroy()
     return wall, read, rss
 
@@ -293,7 +331,7 @@ def bench(
         listing.write_text("\n".join(needed_files(stick.mnt, commit)) + "\n")
     best: dict[str, tuple[float, int, int]] = {}
     for r in range(rounds):
-        sides = ["install", "floor", "install-seq"]
+        sides = ["install", "floor", "install-ovl"]
         if r % 2:
             sides.reverse()
         for side in sides:
@@ -310,7 +348,7 @@ def bench(
     return {"label": label, **{k: v for k, v in best.items()}}
 
 
-ORDERS = {"install": "pull || apps", "install-seq": "pull, then apps"}
+ORDERS = {"install": "pull, then apps", "install-ovl": "pull || apps"}
 
 
 def row(res: dict[str, object], side: str) -> str:
