@@ -5,11 +5,13 @@ reads are throttled to `--mbps` MB/s with the block-I/O cgroup (v1 `blkio.thrott
 read_bps_device` or v2 `io.max`, whichever this machine has); the page cache is dropped before
 every run. The target: a rootfs commit of `--files` files sized like a root filesystem (most
 under 4 KiB, a few large) plus `--layers-mib` MiB of app layers. Ours: the real CLI on a fresh
-simulated device (pull, then apps), and the other order for comparison (pull || apps). The floor: `tar -c` of exactly the files install needs (the commit's objects
-and the bundle's apps/ and tuf/) from the same throttled stick into a pipe. Reported per side:
-wall time, bytes read from the loop device (`/sys/block/<loop>/stat`), peak RSS. Goals: install
-bytes <= 1.05 x floor, wall <= 1.10 x floor, RSS < 80 MB. The FAT row: the same bundle on a FAT
-image served by fusefat (this kernel has no vfat), the daemon's reads throttled the same way.
+simulated device (pull, then apps), and the other order for comparison (pull || apps). The
+floor: `tar -c` of exactly the files install needs (the commit's objects, the bundle's apps/ and
+tuf/) from the same throttled stick into a pipe. Reported per side: wall time, bytes read from
+the loop device (`/sys/block/<loop>/stat`), peak RSS of each program (sampled). Goals: install
+bytes <= 1.05 x floor, wall <= 1.10 x floor, RSS < 80 MB. The FAT row: a smaller rootfs (fusefat
+writes ~7 ms a file) on a FAT image served by fusefat (this kernel has no vfat), the daemon's
+reads throttled the same way.
 
 Run: .venv/bin/python benchmarks/stick_limit.py [--files 20000] [--layers-mib 300] [--rounds 2]
 """
