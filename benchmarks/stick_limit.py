@@ -172,8 +172,13 @@ class Stick:
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
     def detach(self) -> None:
+        """Unmount and detach; fusefat may hold the device a moment after its unmount."""
         self.umount()
-        sh("losetup", "-d", self.loop, check=False)
+        for _ in range(50):
+            sh("losetup", "-d", self.loop, check=False)
+            if not Path(f"/sys/block/{self.name}/loop/backing_file").exists():
+                return
+            time.sleep(0.2)
 
 
 def fat_image(work: Path, content: Path, size_mb: int) -> Path:
