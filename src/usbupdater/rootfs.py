@@ -26,23 +26,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from usbupdater import log, proc, safeio, stick_repo
+from usbupdater import log, proc, progress, rootfs_space, safeio, stick_repo
 from usbupdater.booted import BootedCommitSource, ProcCmdlineBootedCommit, boot_entry_options
 from usbupdater.errors import (
     AdapterError,
     ContentMissingError,
     NoSpaceError,
-    VerificationError,
 )
 from usbupdater.ostree_cli import (
     LS_ENTRY,
-    LS_MAX_OUTPUT,
     PULL_TIMEOUT,
     Deployment,
     check_commit,
     content_error,
     is_enospc,
-    parse_ls,
     parse_size,
     parse_status,
     run_ostree,
@@ -65,6 +62,7 @@ class SpaceEstimate:
     new_objects: int
     free_bytes: int
     reserved_bytes: int
+    read_bytes: int = 0  # of the new objects on the stick: what the pull will read
 
     @property
     def sufficient(self) -> bool:
@@ -211,10 +209,11 @@ class OstreeSysroot:
     def estimate_space(self, src_repo: Path, commit: str) -> SpaceEstimate:
         """Bytes the commit's objects not yet in the sysroot repo will take once pulled.
 
-        The source listing (`ostree ls -R -C`, uncompressed sizes) gives every content object of
-        the commit; those whose file already exists in the sysroot repo cost nothing. Each new
-        object is rounded up to the filesystem block plus one block for its inode/metadata, and
-        a fixed allowance covers the metadata objects and the deployment (/etc copy, kernel).
+        The commit's objects come from `rootfs_space.closure` (dirtrees read and checksummed,
+        file objects only stat'ed: no second pass over the stick); those already in the sysroot
+        repo cost nothing. Each new object's size on the stick (compressed: a lower bound) is
+        rounded up to the filesystem block plus one block for its inode/metadata, and a fixed
+        allowance covers the deployment (/etc copy, kernel); `PullWatch` guards the rest.
         libostree refuses to write past `min-free-space-*` of the sysroot repo, so that reserve
         is counted too: our refusal then predicts ostree's instead of racing it.
         The stick's repo is checked (`stick_repo`) before ostree opens it.
@@ -224,47 +223,15 @@ class OstreeSysroot:
         return self._estimate(src_repo, commit)
 
     def _estimate(self, src_repo: Path, commit: str) -> SpaceEstimate:
-        listing = run_ostree(
-            ["ls", f"--repo={src_repo}", "-R", "-C", commit],
-            ostree_bin=self.ostree_bin,
-            check=False,
-            max_stdout=LS_MAX_OUTPUT,
-            stop_on_overflow=True,  # unverified dirtrees can repeat each other without end
-        )
-        if listing.stdout_truncated:
-            raise AdapterError(
-                f"ostree ls: the listing of commit {commit[:12]} is longer than "
-                f"{LS_MAX_OUTPUT >> 20} MiB"
-            )
-        if listing.returncode != 0:  # ls reads every file object: a missing one shows here
-            err = content_error(listing, commit)
-            if type(err) is AdapterError and "I/O error" not in err.reason:
-                # `ls` only reads the stick's repo (already walked): whatever else it failed on
-                # is content ostree cannot make sense of.
-                err = VerificationError(
-                    f"commit {commit[:12]}: bundle content is unreadable for ostree "
-                    f"(ostree ls exit {listing.returncode})"
-                )
-            raise err
-        objects = parse_ls(listing.stdout)
-        if not objects:
-            raise AdapterError(f"ostree ls: no content listed for commit {commit[:12]}")
         st = os.statvfs(self.repo)
         block = st.f_frsize or 4096
-        needed = 0
-        new = 0
-        for csum, (_type, size) in objects.items():
-            if (self.repo / "objects" / csum[:2] / f"{csum[2:]}.file").exists():
-                continue
-            new += 1
-            needed += -(-size // block) * block + block
-        needed += self.deploy_allowance
-        free = self._free_space(self.repo)
+        found = rootfs_space.closure(src_repo, commit, self.repo, block)
         return SpaceEstimate(
-            needed_bytes=needed,
-            new_objects=new,
-            free_bytes=free,
+            needed_bytes=found.new_blocks_bytes + self.deploy_allowance,
+            new_objects=found.new_objects,
+            free_bytes=self._free_space(self.repo),
             reserved_bytes=self._min_free_reserve(st.f_blocks * st.f_frsize),
+            read_bytes=found.new_bytes,
         )
 
     def _min_free_reserve(self, fs_size: int) -> int:
@@ -302,19 +269,31 @@ class OstreeSysroot:
     def pull(self, src_repo: Path, commit: str, *, check_space: bool = True) -> None:
         """Copy one commit from the bundle's repo, letting ostree verify every object.
 
-        The stick's repo is walked once (`stick_repo`), before the listing and the pull.
+        The stick's repo is walked once (`stick_repo`), before the estimate and the pull. While
+        ostree pulls, `PullWatch` counts what it reads into the running progress meter and stops
+        it (exit 60) before the filesystem falls under ostree's reserve plus the deployment's.
         """
         check_commit(commit)
         walked = stick_repo.check_repo(src_repo)
         logger.debug("stick repo checked", entries=walked.entries, seconds=walked.seconds)
+        est = self._estimate(src_repo, commit)
         if check_space:
-            self._sufficient(self._estimate(src_repo, commit), commit)
-        done = run_ostree(
-            ["pull-local", "--untrusted", f"--repo={self.repo}", str(src_repo), commit],
-            ostree_bin=self.ostree_bin,
-            check=False,
-            timeout=self.pull_timeout,
-        )
+            self._sufficient(est, commit)
+        progress.expect(est.read_bytes)
+        floor = est.reserved_bytes + self.deploy_allowance // 2 if check_space else 0
+        watch = rootfs_space.PullWatch(self.repo, self._free_space, floor, progress.active())
+        with watch:
+            done = run_ostree(
+                ["pull-local", "--untrusted", f"--repo={self.repo}", str(src_repo), commit],
+                ostree_bin=self.ostree_bin,
+                check=False,
+                timeout=self.pull_timeout,
+            )
+        if watch.stopped_for_space and done.returncode != 0:
+            raise NoSpaceError(
+                f"ostree pull-local stopped: {self.repo} would fall under {floor} bytes free "
+                f"for commit {commit[:12]} ({est.needed_bytes} bytes estimated)"
+            )
         if done.returncode != 0:
             raise content_error(done, commit)
         if not self.has_commit(commit):
