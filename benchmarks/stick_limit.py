@@ -66,7 +66,7 @@ rootfs.OstreeSysroot.pull = pull
 rootfs.OstreeSysroot.read_commit_file = joined(rootfs.OstreeSysroot.read_commit_file)
 rootfs.OstreeSysroot.deploy = joined(rootfs.OstreeSysroot.deploy)
 sys.argv = ["usbupdater", *sys.argv[1:]]
-runpy.run_module("usbupdater", run_name="__main__")
+runpy.run_module("usbupdater.sim.core", run_name="__main__")
 """
 
 
@@ -285,7 +285,7 @@ def run_side(
     dev = None
     if side.startswith("install"):
         dev, cfg = create_device(work / f"dev-{tag}-{side}", factory, v1)
-        how = ["-c", OVERLAPPED] if side == "install-ovl" else ["-m", "usbupdater"]
+        how = ["-c", OVERLAPPED] if side == "install-ovl" else ["-m", "usbupdater.sim.core"]
         argv = [sys.executable, *how, "install", "-s", str(stick.mnt), "-c", str(cfg)]
         shell = False
     else:
