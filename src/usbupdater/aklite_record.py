@@ -26,7 +26,7 @@ from usbupdater import aklite_write, log
 from usbupdater.aklite_write import Mode
 from usbupdater.config import Config
 from usbupdater.errors import UpdaterError
-from usbupdater.state import TargetRecord
+from usbupdater.target import TargetRecord
 from usbupdater.trust import store as trust_store
 from usbupdater.trust.dialect import canonical
 from usbupdater.trust.session import store_dir
@@ -38,7 +38,7 @@ logger = log.get_logger("aklite-db")
 
 def _target(t: TargetRecord) -> aklite_write.AkTarget:
     """An OSTree target as aktualizr-lite stores it: length 0, the commit as its sha256."""
-    return aklite_write.AkTarget(t.name, t.sha256, 0, {"sha256": t.sha256}, dict(t.custom))
+    return aklite_write.AkTarget(t.name, t.commit, 0, {"sha256": t.commit}, dict(t.custom))
 
 
 def _metadata(cfg: Config) -> aklite_write.TufUpdate:

@@ -28,7 +28,7 @@ def describe(result: CheckIn) -> dict[str, Any]:
             {
                 "name": t.name,
                 "version": t.version,
-                "ostree": t.sha256,
+                "commit": t.commit,
                 "status": status,
                 "reason": c.apps_note,
                 "apps": {a: {"uri": u, "on": a in c.apps} for a, u in sorted(t.apps.items())},
@@ -40,7 +40,7 @@ def describe(result: CheckIn) -> dict[str, Any]:
             {
                 "name": r.name,
                 "version": rt.version if rt else None,
-                "ostree": rt.sha256 if rt else None,
+                "commit": rt.commit if rt else None,
                 "status": "not-for-device" if r.stage <= Stage.NOT_FOR_DEVICE else "rejected",
                 "reason": r.reason,
                 "apps": {a: {"uri": u, "on": False} for a, u in sorted(rt.apps.items())}
@@ -98,8 +98,8 @@ def format_text(doc: Mapping[str, Any]) -> str:
     for t in shown:
         mark = {"selected": "*", "installed": "="}.get(t["status"], " ")
         lines.append(f" {mark} {t['name']} (version {t['version']}): {t['status']}")
-        if t["ostree"]:
-            lines.append(f"\tostree: {t['ostree']}")
+        if t["commit"]:
+            lines.append(f"\tostree: {t['commit']}")
         for app, a in t["apps"].items():
             lines.append(f"\t\t({'on' if a['on'] else 'off'}) {app} -> {a['uri']}")
         lines.append(f"\t{t['reason']}")

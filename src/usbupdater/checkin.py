@@ -23,14 +23,13 @@ from usbupdater.errors import ExitCode, UpdaterError
 from usbupdater.hostinfo import machine_platform
 from usbupdater.selection import (
     Action,
-    CurrentTarget,
     DeviceFacts,
     Selection,
     required_apps,
     select_target,
 )
-from usbupdater.state import DeviceState, TargetRecord
-from usbupdater.target import InvalidTargetError, Target, parse_target
+from usbupdater.state import DeviceState
+from usbupdater.target import InvalidTargetError, Target, TargetRecord, parse_target
 from usbupdater.trust import TrustedMetadata, TrustSession
 
 INITIAL_TARGET = "initial-target"
@@ -73,20 +72,15 @@ def failed_targets(history: Iterable[Mapping[str, Any]]) -> frozenset[str]:
 def device_facts(
     cfg: Config, state: DeviceState, failed: frozenset[str] = frozenset()
 ) -> DeviceFacts:
-    cur = state.current
     return DeviceFacts(
         hardware_id=cfg.provision.primary_ecu_hardware_id,
         tags=cfg.pacman.tags,
         compose_apps=cfg.pacman.compose_apps,
         reset_apps=cfg.pacman.reset_apps or (),
         apps_enabled=cfg.pacman.apps_enabled,
-        current=CurrentTarget(cur.name, cur.version, cur.sha256, dict(cur.apps)) if cur else None,
+        current=state.current,
         failed_targets=failed,
     )
-
-
-def as_current(t: TargetRecord) -> CurrentTarget:
-    return CurrentTarget(t.name, t.version, t.sha256, dict(t.apps))
 
 
 def initial_target(
@@ -104,7 +98,7 @@ def initial_target(
             t = parse_target(name, entry)
         except InvalidTargetError:
             continue
-        if t.sha256 == booted and device.hardware_id in t.hardware_ids:
+        if t.commit == booted and device.hardware_id in t.hardware_ids:
             matches.append(t)
     if matches:
         # Several targets may share a commit (apps-only updates came later): the one whose apps
@@ -122,7 +116,7 @@ def initial_target(
         t = max(matches, key=score)
         apps = installed(t)
         return TargetRecord(
-            t.name, t.version, t.sha256, apps, {**t.custom, "usbupdater-initial": True}
+            t.name, t.version, t.commit, apps, {**t.custom, "usbupdater-initial": True}
         )
     custom = {"usbupdater-initial": True, "usbupdater-apps-unknown": True}
     return TargetRecord(INITIAL_TARGET, 0, booted, {}, custom)
@@ -171,7 +165,7 @@ def select_with(
     initial = None
     if device.current is None and booted:
         initial = initial_target(trusted.targets, device, booted, app_installed)
-        device = replace(device, current=as_current(initial))
+        device = replace(device, current=initial)
     names = trusted.bundle_targets.targets if trusted.bundle_targets else None
     selection = select_target(trusted.targets, names, device, bundle, target_name, force)
     return CheckIn(trusted, device, selection, session, initial=initial)

@@ -87,7 +87,7 @@ def cmd_current(args: argparse.Namespace) -> int:
         doc = {
             "target": cur.name if cur else None,
             "version": cur.version if cur else None,
-            "ostree": cur.sha256 if cur else None,
+            "commit": cur.commit if cur else None,
             "apps": {
                 a: {"uri": u, "on": cur is not None and a in cur.apps} for a, u in apps.items()
             },
@@ -100,7 +100,7 @@ def cmd_current(args: argparse.Namespace) -> int:
         return int(ExitCode.OK)
     print(f"Target: {cur.name}")
     print(f"Version: {cur.version}")
-    print(f"Ostree hash: {cur.sha256}")
+    print(f"Ostree hash: {cur.commit}")
     print("Apps:")
     for app, uri in sorted(apps.items()):
         print(f"\t({'on' if app in cur.apps else 'off'}) {app} -> {uri}")

@@ -47,7 +47,8 @@ from usbupdater.errors import (
 )
 from usbupdater.lock import AkliteLock
 from usbupdater.rootfs import OstreeSysroot
-from usbupdater.state import DeviceState, LastResult, PendingInstall, StateStore, TargetRecord
+from usbupdater.state import DeviceState, LastResult, PendingInstall, StateStore
+from usbupdater.target import TargetRecord
 
 if TYPE_CHECKING:
     from usbupdater.apps.runner import AppsContext
@@ -175,7 +176,7 @@ def add_history(
             "command": command,
             "target": target.name if target else None,
             "version": target.version if target else None,
-            "sha256": target.sha256 if target else None,
+            "commit": target.commit if target else None,
             "code": int(code),
             "outcome": outcome,
             "message": message,
@@ -189,7 +190,7 @@ def transaction_id(
     """The same installation gets the same id, so a re-run after a kill is recognised."""
     key = [
         target.name,
-        target.sha256,
+        target.commit,
         sorted(target.apps.items()),
         previous.name if previous else None,
         targets_version,
@@ -306,7 +307,7 @@ def _install_locked(
     now: Optional[datetime],
 ) -> Outcome:
     from usbupdater.bundle import Bundle
-    from usbupdater.checkin import as_current, device_facts, failed_targets, select
+    from usbupdater.checkin import device_facts, failed_targets, select
     from usbupdater.install_change import change_device
     from usbupdater.selection import Action
 
@@ -317,7 +318,7 @@ def _install_locked(
     # never-updated device must not infer its "initial" target from the new deployment.
     killed_midway, ran_before = dev.state.load_inflight()
     if killed_midway and state.current is None and ran_before is not None:
-        facts = replace(facts, current=as_current(ran_before))
+        facts = replace(facts, current=ran_before)
     progress.announce("verifying", f"verifying the bundle in {src}")
     with Bundle.open(src) as bundle:
         ci = select(
@@ -336,11 +337,11 @@ def _install_locked(
             ci.session.commit()  # newer metadata is worth keeping: it raises the rollback floor
             return Outcome(ExitCode.OK, f"{t.name} is already installed", t.name)
         current = state.current or (ran_before if killed_midway else None) or ci.initial
-        rootfs_changed = t.sha256 != (booted or (current.sha256 if current else None))
+        rootfs_changed = t.commit != (booted or (current.commit if current else None))
         bl = dev.bootloader
         fw_pending = rootfs_changed and bl.supports_boot_firmware and bl.boot_fw_update_pending()
         # ... unless a killed run of this install armed it: its deployment boots next, unbooted.
-        fw_pending = fw_pending and dev.rootfs.pending_commit() != t.sha256
+        fw_pending = fw_pending and dev.rootfs.pending_commit() != t.commit
         if decisions.boot_firmware_blocks(
             rootfs_changed, bl.supports_boot_firmware, cfg.pacman.ostree_update_block, fw_pending
         ):
@@ -357,7 +358,7 @@ def _install_locked(
             with contextlib.suppress(OSError):  # refused: taken back, nothing to remember
                 dev.state.clear_inflight()
             raise
-    target = TargetRecord(t.name, t.version, t.sha256, dict(cand.apps), dict(t.custom))
+    target = TargetRecord(t.name, t.version, t.commit, dict(cand.apps), dict(t.custom))
     txn = transaction_id(target, current, ci.trusted.targets_version)
     pending = PendingInstall(target, current, rootfs_changed, txn, timefmt.now())
     code = decisions.install_code(rootfs_changed)

@@ -10,7 +10,8 @@ import enum
 from typing import Optional
 
 from usbupdater.errors import ExitCode
-from usbupdater.state import PendingInstall, TargetRecord
+from usbupdater.state import PendingInstall
+from usbupdater.target import TargetRecord
 
 
 def boot_firmware_blocks(
@@ -34,7 +35,7 @@ class Situation(enum.Enum):
 
 
 def run_situation(pending: PendingInstall, rebooted: bool, booted: Optional[str]) -> Situation:
-    if booted == pending.target.sha256:
+    if booted == pending.target.commit:
         return Situation.ON_TARGET
     if pending.reboot_required and not rebooted:
         return Situation.NOT_REBOOTED
@@ -50,7 +51,7 @@ class AppsFailurePlan(enum.Enum):
 def apps_failure_plan(previous: Optional[TargetRecord], booted: Optional[str]) -> AppsFailurePlan:
     if previous is None:
         return AppsFailurePlan.NO_TARGET
-    if previous.sha256 != booted:
+    if previous.commit != booted:
         return AppsFailurePlan.REDEPLOY
     return AppsFailurePlan.RESTORE_APPS
 

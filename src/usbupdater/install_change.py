@@ -121,14 +121,14 @@ def change_device(dev: Device, ci: CheckIn, bundle: Any, rootfs_changed: bool) -
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ostree-pull")
     step = "verifying the content"
     try:
-        if rootfs_changed and not dev.rootfs.has_commit(t.sha256):
+        if rootfs_changed and not dev.rootfs.has_commit(t.commit):
             progress.announce(
-                "copying-rootfs", f"copying root filesystem {t.sha256[:12]} from the stick"
+                "copying-rootfs", f"copying root filesystem {t.commit[:12]} from the stick"
             )
             dirs = dev.rootfs.object_dirs()
             # the pool's thread sees this context's progress meter (PullWatch counts into it)
             ctx = contextvars.copy_context()
-            pull = pool.submit(ctx.run, dev.rootfs.pull, bundle.ostree_repo, t.sha256)
+            pull = pool.submit(ctx.run, dev.rootfs.pull, bundle.ostree_repo, t.commit)
             undo.add(
                 "the new commit's objects in the sysroot repo",
                 lambda: dev.rootfs.prune(keep_dirs=dirs),
@@ -155,17 +155,17 @@ def change_device(dev: Device, ci: CheckIn, bundle: Any, rootfs_changed: bool) -
             plan_boot_firmware(
                 dev.bootloader,
                 lambda: dev.rootfs.read_commit_file(
-                    t.sha256, FIRMWARE_VERSION_FILE, FIRMWARE_VERSION_FILE_MAX
+                    t.commit, FIRMWARE_VERSION_FILE, FIRMWARE_VERSION_FILE_MAX
                 ),
             )
             progress.announce("deploying", f"deploying {t.name}")
             step = "deploying the new root filesystem"
             undo.deployed = True
             undo.add(
-                f"deployment {t.sha256[:12]} as the next boot",
-                lambda: _remove_new_deployment(dev, t.sha256),
+                f"deployment {t.commit[:12]} as the next boot",
+                lambda: _remove_new_deployment(dev, t.commit),
             )
-            deployment = dev.rootfs.deploy(t.sha256)  # a no-op when a killed run deployed it
+            deployment = dev.rootfs.deploy(t.commit)  # a no-op when a killed run deployed it
             step = "arming the boot firmware update"  # from the deployment, as installNotify
             firmware = plan_boot_firmware(
                 dev.bootloader,

@@ -25,7 +25,8 @@ from usbupdater.errors import (
     ExitCode,
     UpdaterError,
 )
-from usbupdater.state import DeviceState, PendingInstall, TargetRecord
+from usbupdater.state import DeviceState, PendingInstall
+from usbupdater.target import TargetRecord
 
 if TYPE_CHECKING:
     pass
@@ -159,7 +160,7 @@ def _after_boot_rollback(
         ExitCode.NO_ROLLBACK_TARGET: f"{p.target.name} failed to boot; rolled back to {what} but "
         "its apps did not start",
     }[code]
-    current = prev if prev is not None and booted == prev.sha256 else state.current
+    current = prev if prev is not None and booted == prev.commit else state.current
     _failed(dev, p, code, message)
     if not p.rollback_of:  # a failed rollback target was recorded failing already
         back = prev is not None and current is prev
@@ -194,7 +195,7 @@ def _after_apps_failure(
     assert prev is not None
     if plan is AppsFailurePlan.REDEPLOY:
         progress.announce("rolling-back", f"{why}; redeploying {prev.name}")
-        dev.rootfs.rollback_to(prev.sha256)
+        dev.rootfs.rollback_to(prev.commit)
         dev.bootloader.update_notify()
         dev.sentinel.set()
         txn = f"{p.txn}-rollback"  # stable: a re-run after a kill is the same rollback

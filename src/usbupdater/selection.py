@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional, Protocol
 
 from usbupdater.errors import (
@@ -26,7 +26,7 @@ from usbupdater.errors import (
     TargetNotFoundError,
     UpdaterError,
 )
-from usbupdater.target import InvalidTargetError, Target, parse_target
+from usbupdater.target import InvalidTargetError, Target, TargetRecord, parse_target
 
 
 class BundleContent(Protocol):
@@ -38,23 +38,13 @@ class BundleContent(Protocol):
 
 
 @dataclass(frozen=True)
-class CurrentTarget:
-    """What the device runs now."""
-
-    name: str
-    version: int
-    commit: str
-    apps: Mapping[str, str] = field(default_factory=dict)  # app -> uri it runs
-
-
-@dataclass(frozen=True)
 class DeviceFacts:
     hardware_id: str
     tags: tuple[str, ...] = ()
     compose_apps: Optional[tuple[str, ...]] = None  # [pacman] compose_apps; None: all apps
     reset_apps: tuple[str, ...] = ()  # [pacman] reset_apps ("*": all): required whatever else
     apps_enabled: bool = True  # [pacman] type "ostree" means no apps
-    current: Optional[CurrentTarget] = None
+    current: Optional[TargetRecord] = None  # what the device runs now
     failed_targets: frozenset[str] = frozenset()
 
 
@@ -167,7 +157,7 @@ def evaluate(
             rejections.append(Rejection(name, why, Stage.NOT_FOR_DEVICE, t))
             continue
         apps, note = required_apps(t, device)
-        problems = [content.commit_problem(t.sha256)]
+        problems = [content.commit_problem(t.commit)]
         problems += [content.app_problem(a, u) for a, u in sorted(apps.items())]
         missing = [p for p in problems if p]
         if missing:
@@ -228,7 +218,7 @@ def select_target(
     if current is not None:
         if (
             t.name == current.name
-            and t.sha256 == current.commit
+            and t.commit == current.commit
             and dict(chosen.apps) == dict(current.apps)
         ):
             return Selection(result.candidates, result.rejections, chosen, Action.ALREADY_INSTALLED)

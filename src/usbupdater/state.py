@@ -14,46 +14,17 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from usbupdater import fsutil, timefmt
 from usbupdater.errors import StateError
+from usbupdater.target import FieldError, TargetRecord, typed_field
 
 STATE_FORMAT = "usbupdater-state"
 STATE_VERSION = 1
 MAX_STATE_BYTES = 4 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class TargetRecord:
-    """A target as the device knows it: enough to roll back to it without the stick."""
-
-    name: str
-    version: int
-    sha256: str  # ostree commit
-    apps: Mapping[str, str] = field(default_factory=dict)  # app name -> uri (apps it runs here)
-    custom: Mapping[str, Any] = field(default_factory=dict)  # the target's custom metadata
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "version": self.version,
-            "sha256": self.sha256,
-            "apps": dict(self.apps),
-            "custom": dict(self.custom),
-        }
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> TargetRecord:
-        return cls(
-            name=_typed(d, "name", str),
-            version=_typed(d, "version", int),
-            sha256=_typed(d, "sha256", str),
-            apps=_typed(d, "apps", dict),
-            custom=_typed(d, "custom", dict),
-        )
 
 
 @dataclass(frozen=True)
@@ -81,10 +52,10 @@ class PendingInstall:
     def from_json(cls, d: Mapping[str, Any]) -> PendingInstall:
         prev = d.get("previous")
         return cls(
-            target=TargetRecord.from_json(_typed(d, "target", dict)),
+            target=TargetRecord.from_json(typed_field(d, "target", dict)),
             previous=TargetRecord.from_json(prev) if isinstance(prev, dict) else None,
-            reboot_required=_typed(d, "reboot_required", bool),
-            txn=_typed(d, "txn", str),
+            reboot_required=typed_field(d, "reboot_required", bool),
+            txn=typed_field(d, "txn", str),
             installed_at=timefmt.normalize(str(d.get("installed_at", ""))),
             rollback_of=d["rollback_of"] if isinstance(d.get("rollback_of"), str) else None,
         )
@@ -111,9 +82,9 @@ class LastResult:
     def from_json(cls, d: Mapping[str, Any]) -> LastResult:
         target = d.get("target")
         return cls(
-            command=_typed(d, "command", str),
-            code=_typed(d, "code", int),
-            message=_typed(d, "message", str),
+            command=typed_field(d, "command", str),
+            code=typed_field(d, "code", int),
+            message=typed_field(d, "message", str),
             target=target if isinstance(target, str) else None,
             time=timefmt.normalize(str(d.get("time", ""))),
         )
@@ -142,19 +113,6 @@ class DeviceState:
             pending=PendingInstall.from_json(pend) if pend is not None else None,
             last_result=LastResult.from_json(last) if last is not None else None,
         )
-
-
-class _FieldError(Exception):
-    pass
-
-
-def _typed(d: Mapping[str, Any], key: str, kind: type) -> Any:
-    if not isinstance(d, Mapping):
-        raise _FieldError(f"expected an object holding {key!r}")
-    v = d.get(key)
-    if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
-        raise _FieldError(f"field {key!r} should be a {kind.__name__}, found {v!r}")
-    return v
 
 
 class StateStore:
@@ -193,7 +151,7 @@ class StateStore:
             )
         try:
             return DeviceState.from_json(doc)
-        except _FieldError as exc:
+        except FieldError as exc:
             raise StateError(f"{self.state_path} is corrupt ({exc}); {hint}") from exc
 
     def save(self, state: DeviceState) -> None:
@@ -228,7 +186,7 @@ class StateStore:
             return True, TargetRecord.from_json(prev) if isinstance(prev, dict) else None
         except FileNotFoundError:
             return False, None
-        except (OSError, ValueError, _FieldError) as exc:
+        except (OSError, ValueError, FieldError) as exc:
             raise StateError(f"{self.inflight_path} is unreadable ({exc}); remove it") from exc
 
     def clear_inflight(self) -> None:

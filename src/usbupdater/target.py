@@ -78,7 +78,7 @@ class FetchedApps:
 @dataclass(frozen=True)
 class Target:
     name: str
-    sha256: str  # the OSTree commit
+    commit: str  # the OSTree commit
     version: int
     hardware_ids: tuple[str, ...]
     tags: tuple[str, ...]
@@ -148,7 +148,7 @@ def parse_target(name: str, entry: Any) -> Target:
             apps[app] = uri
     return Target(
         name=name,
-        sha256=sha,
+        commit=sha,
         version=version,
         hardware_ids=_str_list(custom.get("hardwareIds"), "hardwareIds"),
         tags=_str_list(custom.get("tags"), "tags"),
@@ -157,3 +157,48 @@ def parse_target(name: str, entry: Any) -> Target:
         fetched_apps=_fetched_apps(custom.get("fetched-apps")),
         custom=MappingProxyType(dict(custom)),
     )
+
+
+@dataclass(frozen=True)
+class TargetRecord:
+    """A target as the device knows it (what it runs, ran, or is installing): enough to roll
+    back to it without the stick. Selection reads the current one from it too."""
+
+    name: str
+    version: int
+    commit: str  # the OSTree commit
+    apps: Mapping[str, str] = field(default_factory=dict)  # app name -> uri (apps it runs here)
+    custom: Mapping[str, Any] = field(default_factory=dict)  # the target's custom metadata
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "commit": self.commit,
+            "apps": dict(self.apps),
+            "custom": dict(self.custom),
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> TargetRecord:
+        return cls(
+            name=typed_field(d, "name", str),
+            version=typed_field(d, "version", int),
+            # "sha256": the key before the commit had one name (state written by 0.1)
+            commit=typed_field(d, "commit" if "commit" in d else "sha256", str),
+            apps=typed_field(d, "apps", dict),
+            custom=typed_field(d, "custom", dict),
+        )
+
+
+class FieldError(Exception):
+    """A stored record's field is missing or of the wrong type (state.json, history)."""
+
+
+def typed_field(d: Mapping[str, Any], key: str, kind: type) -> Any:
+    if not isinstance(d, Mapping):
+        raise FieldError(f"expected an object holding {key!r}")
+    v = d.get(key)
+    if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
+        raise FieldError(f"field {key!r} should be a {kind.__name__}, found {v!r}")
+    return v

@@ -16,7 +16,8 @@ from tests.integration.conftest import Device
 from usbupdater.sim.apps import corrupt_blob, drop_blob
 from usbupdater.sim.factory import Factory
 from usbupdater.sim.signer import edit
-from usbupdater.state import DeviceState, StateStore, TargetRecord
+from usbupdater.state import DeviceState, StateStore
+from usbupdater.target import TargetRecord
 
 pytestmark = pytest.mark.integration
 

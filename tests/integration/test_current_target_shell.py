@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from usbupdater.core import write_current_target
-from usbupdater.state import TargetRecord
+from usbupdater.target import TargetRecord
 
 C1 = "1" * 64
 

@@ -5,7 +5,7 @@ from pathlib import Path
 from usbupdater.checkin import INITIAL_TARGET, failed_targets, initial_target
 from usbupdater.core import transaction_id, write_current_target
 from usbupdater.selection import DeviceFacts
-from usbupdater.state import TargetRecord
+from usbupdater.target import TargetRecord
 
 HW = "intel-corei7-64"
 C1, C2 = "1" * 64, "2" * 64

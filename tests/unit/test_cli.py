@@ -5,7 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from usbupdater.state import DeviceState, PendingInstall, StateStore, TargetRecord
+from usbupdater.state import DeviceState, PendingInstall, StateStore
+from usbupdater.target import TargetRecord
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -93,7 +94,7 @@ def test_current_json(device_config: Path, tmp_path: Path) -> None:
     assert json.loads(r.stdout) == {
         "target": None,
         "version": None,
-        "ostree": None,
+        "commit": None,
         "apps": {},
         "pending": None,
     }
@@ -111,7 +112,7 @@ def test_current_json(device_config: Path, tmp_path: Path) -> None:
         )
     )
     doc = json.loads(run("current", "-c", str(device_config), "--json").stdout)
-    assert doc["target"] == "rpi-1" and doc["version"] == 1 and doc["ostree"] == "a" * 64
+    assert doc["target"] == "rpi-1" and doc["version"] == 1 and doc["commit"] == "a" * 64
     assert doc["apps"] == {
         "a": {"uri": "hub/a@sha256:" + "1" * 64, "on": True},
         "b": {"uri": "hub/b", "on": False},

@@ -5,7 +5,8 @@ import pytest
 from usbupdater import decisions
 from usbupdater.decisions import AppsFailurePlan, Situation
 from usbupdater.errors import ExitCode
-from usbupdater.state import PendingInstall, TargetRecord
+from usbupdater.state import PendingInstall
+from usbupdater.target import TargetRecord
 
 OLD = TargetRecord("t-1", 1, "a" * 64, {"web": "u1"})
 NEW = TargetRecord("t-2", 2, "b" * 64, {"web": "u2"})
@@ -36,19 +37,19 @@ def test_install_code() -> None:
 
 
 def test_run_situation() -> None:
-    assert decisions.run_situation(pending(), True, NEW.sha256) is Situation.ON_TARGET
-    assert decisions.run_situation(pending(), False, OLD.sha256) is Situation.NOT_REBOOTED
-    assert decisions.run_situation(pending(), True, OLD.sha256) is Situation.BOOT_ROLLED_BACK
+    assert decisions.run_situation(pending(), True, NEW.commit) is Situation.ON_TARGET
+    assert decisions.run_situation(pending(), False, OLD.commit) is Situation.NOT_REBOOTED
+    assert decisions.run_situation(pending(), True, OLD.commit) is Situation.BOOT_ROLLED_BACK
     assert decisions.run_situation(pending(), True, None) is Situation.BOOT_ROLLED_BACK
     # apps-only: no reboot was asked for, the booted commit is the target's
-    assert decisions.run_situation(pending(False), False, NEW.sha256) is Situation.ON_TARGET
+    assert decisions.run_situation(pending(False), False, NEW.commit) is Situation.ON_TARGET
 
 
 def test_apps_failure_plan() -> None:
-    assert decisions.apps_failure_plan(None, NEW.sha256) is AppsFailurePlan.NO_TARGET
-    assert decisions.apps_failure_plan(OLD, NEW.sha256) is AppsFailurePlan.REDEPLOY
-    same_rootfs = TargetRecord("t-0", 0, NEW.sha256, {"web": "u0"})
-    assert decisions.apps_failure_plan(same_rootfs, NEW.sha256) is AppsFailurePlan.RESTORE_APPS
+    assert decisions.apps_failure_plan(None, NEW.commit) is AppsFailurePlan.NO_TARGET
+    assert decisions.apps_failure_plan(OLD, NEW.commit) is AppsFailurePlan.REDEPLOY
+    same_rootfs = TargetRecord("t-0", 0, NEW.commit, {"web": "u0"})
+    assert decisions.apps_failure_plan(same_rootfs, NEW.commit) is AppsFailurePlan.RESTORE_APPS
 
 
 def test_boot_rollback_code() -> None:

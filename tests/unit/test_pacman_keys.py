@@ -15,7 +15,7 @@ from usbupdater.apps.preload import StoreBlobSource
 from usbupdater.apps.prune_images import target_app_uris
 from usbupdater.apps.store import AppStore
 from usbupdater.safeio import UnsafePathError
-from usbupdater.state import TargetRecord
+from usbupdater.target import TargetRecord
 
 HW = {"provision": {"primary_ecu_hardware_id": "hw"}}
 

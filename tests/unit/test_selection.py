@@ -14,13 +14,12 @@ from usbupdater.errors import (
 )
 from usbupdater.selection import (
     Action,
-    CurrentTarget,
     DeviceFacts,
     Stage,
     required_apps,
     select_target,
 )
-from usbupdater.target import InvalidTargetError, parse_target
+from usbupdater.target import InvalidTargetError, TargetRecord, parse_target
 
 HW = "raspberrypi4-64"
 
@@ -168,7 +167,7 @@ def test_target_option() -> None:
 
 
 def test_downgrade_refused_unless_forced() -> None:
-    dev = DeviceFacts(HW, ("main",), current=CurrentTarget("lmp-5", 5, commit(5)))
+    dev = DeviceFacts(HW, ("main",), current=TargetRecord("lmp-5", 5, commit(5)))
     sel = select_target(TARGETS, None, dev, full(1, 2, 3))
     assert isinstance(sel.error, DowngradeRefusedError) and sel.selected is not None
     assert sel.error.code == 102
@@ -177,15 +176,15 @@ def test_downgrade_refused_unless_forced() -> None:
 
 
 def test_already_installed_same_name_commit_apps() -> None:
-    cur = CurrentTarget("lmp-3", 3, commit(3), {"a": uri("a"), "b": uri("b")})
+    cur = TargetRecord("lmp-3", 3, commit(3), {"a": uri("a"), "b": uri("b")})
     dev = DeviceFacts(HW, ("main",), current=cur)
     assert select_target(TARGETS, None, dev, full(1, 2, 3)).require()[1] is Action.ALREADY_INSTALLED
     # Different apps on the device (e.g. shortlist changed): an apps sync is an install.
-    cur2 = CurrentTarget("lmp-3", 3, commit(3), {"a": uri("a")})
+    cur2 = TargetRecord("lmp-3", 3, commit(3), {"a": uri("a")})
     dev2 = DeviceFacts(HW, ("main",), current=cur2)
     assert select_target(TARGETS, None, dev2, full(1, 2, 3)).require()[1] is Action.INSTALL
     # Same name, other commit: install.
-    cur3 = CurrentTarget("lmp-3", 3, commit(9), dict(cur.apps))
+    cur3 = TargetRecord("lmp-3", 3, commit(9), dict(cur.apps))
     dev3 = DeviceFacts(HW, ("main",), current=cur3)
     assert select_target(TARGETS, None, dev3, full(1, 2, 3)).require()[1] is Action.INSTALL
 
@@ -256,7 +255,7 @@ def test_ostree_only_device_and_apps_off_need_no_app_content() -> None:
 
 def test_parse_target_fields() -> None:
     t = parse_target("t", entry(7, fetched={"uri": "u", "shortlist": "a b"}))
-    assert t.version == 7 and t.sha256 == commit(7) and t.hardware_ids == (HW,)
+    assert t.version == 7 and t.commit == commit(7) and t.hardware_ids == (HW,)
     assert t.fetched_apps is not None and t.fetched_apps.shortlist == ("a", "b")
     assert t.custom["targetFormat"] == "OSTREE"
     with pytest.raises(InvalidTargetError):

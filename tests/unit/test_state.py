@@ -11,13 +11,8 @@ from pathlib import Path
 import pytest
 
 from usbupdater.errors import StateError
-from usbupdater.state import (
-    DeviceState,
-    LastResult,
-    PendingInstall,
-    StateStore,
-    TargetRecord,
-)
+from usbupdater.state import DeviceState, LastResult, PendingInstall, StateStore
+from usbupdater.target import TargetRecord
 
 V1 = TargetRecord("intel-corei7-64-lmp-1", 1, "a" * 64, {"app1": "hub/f/app1@sha256:" + "1" * 64})
 V2 = TargetRecord("intel-corei7-64-lmp-2", 2, "b" * 64, {}, {"lmp-manifest-sha": "c0ffee"})

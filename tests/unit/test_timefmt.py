@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from usbupdater import timefmt
-from usbupdater.state import DeviceState, LastResult, PendingInstall, StateStore, TargetRecord
+from usbupdater.state import DeviceState, LastResult, PendingInstall, StateStore
+from usbupdater.target import TargetRecord
 
 T = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 

@@ -33,7 +33,7 @@ from usbupdater import log
 from usbupdater.apps.store import AppContent, AppStore
 from usbupdater.config import Config, PacmanConfig
 from usbupdater.errors import UpdaterError
-from usbupdater.state import TargetRecord
+from usbupdater.target import TargetRecord
 
 logger = log.get_logger("prune-images")
 NO_PRUNE_LABEL = "aktualizr-no-prune"
