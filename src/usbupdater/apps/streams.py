@@ -29,7 +29,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO, NoReturn, Optional, Union
 
-from usbupdater import progress
+from usbupdater import progress, safeio
 from usbupdater.errors import NoSpaceError, VerificationError
 
 CHUNK = 1 << 20
@@ -233,15 +233,9 @@ class HashingReader(io.RawIOBase):
         return n
 
     def read_upto(self, limit: int) -> bytes:
-        """Everything left, but at most `limit` + 1 bytes (so the caller sees it is too long)."""
-        out = bytearray()
-        buf = bytearray(min(CHUNK, limit + 1))
-        while len(out) <= limit:
-            n = self.readinto(memoryview(buf)[: min(len(buf), limit + 1 - len(out))])
-            if not n:
-                break
-            out += buf[:n]
-        return bytes(out)
+        """Everything left, but at most `limit` + 1 bytes (so the caller sees it is too long);
+        short reads are continued (`safeio.read_upto`), so EIO surfaces as EIO."""
+        return safeio.read_upto(self, limit + 1)  # type: ignore[arg-type]
 
     def read_blob(self, size: int, consume: Optional[Callable[[memoryview], None]] = None) -> None:
         """Read to the end in chunks (each handed to `consume`), but stop once more than `size`
