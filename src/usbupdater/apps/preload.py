@@ -61,7 +61,8 @@ class StoreBlobSource:
             raise
         finally:
             os.close(fd)
-        return HashingReader(fh, on_close=lambda r: self._checked(r, hexdigest))  # type: ignore[return-value]
+        checked = HashingReader(fh, on_close=lambda r: self._checked(r, hexdigest))
+        return checked  # type: ignore[return-value]
 
     def _checked(self, blob: HashingReader, hexdigest: str) -> None:
         """A blob read to its end whose bytes do not hash to its name is corrupt."""
