@@ -99,7 +99,7 @@ class AppStore:
         """Yield a stored blob's bytes; raise VerificationError instead of its last chunk if the
         size or digest is wrong, so a consumer never sees a complete corrupted blob."""
         try:
-            fh = open(self.blob_path(blob), "rb", buffering=0)  # noqa: SIM115 - closed by the reader
+            fh = open(self.blob_path(blob), "rb", buffering=0)  # noqa: SIM115 - the reader closes
         except FileNotFoundError:
             raise ContentMissingError(f"blob {blob.digest} is not in the app store") from None
         return verified_chunks(fh, blob.digest, blob.size, chunk)
