@@ -30,7 +30,7 @@ class StickDir:
         self.apps_dir = apps_dir
 
     def open_blob(self, hexdigest: str, max_size: int) -> BinaryIO:
-        if not HEX.match(hexdigest):
+        if not HEX.fullmatch(hexdigest):
             raise safeio.UnsafePathError(hexdigest, "is not a sha256 hex digest")
         fd = safeio.open_root(self.apps_dir)
         try:

@@ -43,7 +43,7 @@ class CopyingSource:
         self.created.clear()
 
     def open_blob(self, hexdigest: str, max_size: int) -> BinaryIO:
-        if not HEX.match(hexdigest):
+        if not HEX.fullmatch(hexdigest):
             raise safeio.UnsafePathError(hexdigest, "is not a sha256 hex digest")
         path = self.store.blob_dir / hexdigest
         if path.is_file() and not path.is_symlink() and path.stat().st_size <= max_size:

@@ -16,7 +16,7 @@ from typing import Any, BinaryIO, Optional, Protocol
 
 from usbupdater.errors import VerificationError
 
-HEX = re.compile(r"^[0-9a-f]{64}$")
+HEX = re.compile(r"[0-9a-f]{64}")  # use with fullmatch (`$` would let a newline through)
 RECORD_FORMAT = 2  # the record's layout; 1 (per-service images, no services) is not read
 
 
@@ -30,10 +30,14 @@ class BlobSource(Protocol):
 
 def hex_of(digest: str) -> str:
     """The hex part of "sha256:<hex>", refusing anything else (names built from it are paths)."""
-    algo, _, hexpart = digest.partition(":")
-    if algo != "sha256" or not HEX.match(hexpart):
+    if not is_digest(digest):
         raise VerificationError(f"unsupported or malformed digest {digest!r}")
-    return hexpart
+    return digest[len("sha256:") :]
+
+
+def is_digest(value: object) -> bool:
+    """Whether `value` is "sha256:" and 64 lowercase hex digits, nothing else."""
+    return isinstance(value, str) and value.startswith("sha256:") and bool(HEX.fullmatch(value[7:]))
 
 
 @dataclass(frozen=True)

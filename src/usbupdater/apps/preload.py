@@ -51,7 +51,7 @@ class StoreBlobSource:
         self.corrupt: set[str] = set()
 
     def open_blob(self, hexdigest: str, max_size: int) -> BinaryIO:
-        if not HEX.match(hexdigest):
+        if not HEX.fullmatch(hexdigest):
             raise safeio.UnsafePathError(hexdigest, "is not a sha256 hex digest")
         fd = safeio.open_root(self.store.blob_dir)  # FileNotFoundError: no store at all
         try:

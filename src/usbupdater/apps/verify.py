@@ -24,7 +24,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import re
 import tarfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from usbupdater.apps.model import (
     VerifiedImage,
     VerifiedLayer,
     VerifiedService,
+    is_digest,
 )
 from usbupdater.apps.platform import (
     GZIP_LAYER_TYPES,
@@ -69,8 +69,6 @@ MAX_IMAGE_MANIFEST = 100 << 10
 MAX_IMAGE_CONFIG = 4 << 20
 MAX_BUNDLE_TGZ = 8 << 20  # read whole, hashed, then parsed: compose file + a few small files
 MAX_LAYER_UNPACKED = 64 << 30  # a layer's tar, as decompressed while hashing
-
-_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
 
 
 @dataclass(frozen=True)
@@ -119,7 +117,7 @@ class _Verifier:
         if not isinstance(desc, Mapping):
             raise self.bad(what, "descriptor is not an object")
         digest, size, mt = desc.get("digest"), desc.get("size"), desc.get("mediaType", "")
-        if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+        if not isinstance(digest, str) or not is_digest(digest):
             raise self.bad(what, f"digest {digest!r} is not sha256:<64 lowercase hex>")
         if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= max_size:
             raise self.bad(f"{what} {digest}", f"size {size!r} is not in 0..{max_size}")
