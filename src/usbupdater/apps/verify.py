@@ -229,7 +229,7 @@ class _Verifier:
         # The bulk of the app (its layers, each read once per run): its signed sizes, up front.
         unread = {ly.digest: ly.size for _, layers in trees.values() for ly in layers}
         progress.expect(sum(n for d, n in unread.items() if d not in self.layers_seen))
-        images = {ref: self.read_layers(*tree) for ref, tree in trees.items()}
+        images = {pinned: self.read_layers(*tree) for pinned, tree in trees.items()}
         return VerifiedApp(
             name=name,
             uri=uri,
