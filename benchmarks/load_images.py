@@ -24,19 +24,21 @@ from pathlib import Path
 
 from usbupdater.apps import engine
 from usbupdater.apps.copying import CopyingSource
-from usbupdater.apps.store import AppStore, content_from_verified
+from usbupdater.apps.store import AppStore
 from usbupdater.apps.verify import verify_apps
+from usbupdater.bundle import Bundle
 from usbupdater.sim.apps import AppSpec, ServiceSpec, machine_arch, write_apps
 from usbupdater.sim.dockerd import PrivateDockerd
 
 CHILD = """
 import json, sys
 from usbupdater.apps import engine
-from usbupdater.apps.store import AppContent, AppStore
+from usbupdater.apps.model import VerifiedApp
+from usbupdater.apps.store import AppStore
 store, host, record = sys.argv[1:4]
-app = AppContent.from_json(json.load(open(record)))
+app = VerifiedApp.from_json(json.load(open(record)))
 client = engine.connect(host)
-assert engine.load_images(client, AppStore(store), app.images) == len(app.images)
+assert engine.load_images(client, AppStore(store), app.images.values()) == len(app.images)
 """
 
 
@@ -72,21 +74,23 @@ def main() -> None:
         )
         uri = write_apps(stick, [spec])["big"].uri
         store = AppStore(work / "store")
-        verified = verify_apps(CopyingSource(stick, store), {"big": uri}, machine_arch())
-        app = content_from_verified(verified["big"])
-        store.add_apps(stick, [app])
-        size = sum(b.size for b in app.images[0].layers) + app.images[0].config.size
+        with Bundle.open(stick.parent) as bundle:
+            source = CopyingSource(bundle, store)
+            app = verify_apps(source, {"big": uri}, machine_arch())["big"]
+            store.add_apps(source, [app])
+        (image,) = app.images.values()
+        size = sum(b.size for b in image.layers) + image.config.size
         print(
             f"built and stored the app: {size / 1e6:.0f} MB of image blobs "
             f"({time.perf_counter() - t:.1f}s)"
         )
         record = store.app_dir(app) / "usbupdater-app.json"
-        image_id = app.images[0].image_id
+        image_id = image.image_id
         with PrivateDockerd(base_dir=work / "d") as d:
             client = engine.connect(d.host)
             archive = work / "image.tar"
             with open(archive, "wb") as fh:
-                for chunk in engine.archive_chunks(store, app.images):
+                for chunk in engine.archive_chunks(store, app.images.values()):
                     fh.write(chunk)
             t = time.perf_counter()
             subprocess.run(

@@ -108,7 +108,6 @@ def change_device(dev: Device, ci: CheckIn, bundle: Any, rootfs_changed: bool) -
     from concurrent.futures import Future, ThreadPoolExecutor
 
     from usbupdater.apps.copying import CopyingSource
-    from usbupdater.apps.store import content_from_verified
     from usbupdater.checkin import verify_content
 
     assert ci.selection.selected is not None
@@ -147,8 +146,7 @@ def change_device(dev: Device, ci: CheckIn, bundle: Any, rootfs_changed: bool) -
             )
             created: list[Path] = []
             undo.add("new app directories", lambda: dev.app_store.remove_created(created))
-            contents = [content_from_verified(v) for v in ci.apps.values()]
-            dev.app_store.add_apps(copying, contents, created)
+            dev.app_store.add_apps(copying, ci.apps.values(), created)
         if rootfs_changed:
             # Rollback protection refuses before the deploy (which drops the rollback
             # deployment): aktualizr-lite's verifyBootloaderUpdate reads the repo's commit.

@@ -11,7 +11,7 @@ from typing import BinaryIO
 import pytest
 import yaml
 
-from tests.apps.conftest import content_of
+from tests.apps.conftest import StickDir, content_of, image0
 from usbupdater.apps.compose import (
     OVERRIDE_FILE,
     Compose,
@@ -21,33 +21,43 @@ from usbupdater.apps.compose import (
 )
 from usbupdater.apps.engine import archive_chunks, local_tag
 from usbupdater.apps.members import Limits
-from usbupdater.apps.store import AppContent, AppStore
+from usbupdater.apps.model import VerifiedApp
+from usbupdater.apps.store import AppStore
 from usbupdater.apps.verify import verify_app
 from usbupdater.errors import ExitCode, VerificationError
 from usbupdater.sim import apps as sa
 
 
-def stored(tmp_path: Path, spec: sa.AppSpec) -> tuple[AppStore, AppContent]:
+def stored(tmp_path: Path, spec: sa.AppSpec) -> tuple[AppStore, VerifiedApp]:
     src = tmp_path / "stick"
     w = sa.write_apps(src, [spec])[spec.name]
     app = content_of(src, w)
     store = AppStore(tmp_path / "store")
-    store.add_apps(src, [app])
+    store.add_apps(StickDir(src), [app])
     return store, app
+
+
+def w_compose(tmp_path: Path) -> bytes:
+    """The compose file sim wrote into the stick's only app bundle."""
+    bundle = next((tmp_path / "stick" / "apps").glob("*/*/*.tgz"))
+    with tarfile.open(bundle) as tar:
+        f = tar.extractfile("docker-compose.yml") or tar.extractfile("./docker-compose.yml")
+        assert f is not None
+        return f.read()
 
 
 def test_extract_and_override(tmp_path: Path) -> None:
     spec = sa.AppSpec("a1", files={"conf/x.txt": b"hi"})
     store, app = stored(tmp_path, spec)
     dest = tmp_path / "compose" / "a1"
-    compose = extract_bundle(store, app, dest)
-    assert (dest / "docker-compose.yml").read_bytes() == compose
+    extract_bundle(store, app, dest)
+    assert (dest / "docker-compose.yml").read_bytes() == w_compose(tmp_path)
     assert (dest / "conf/x.txt").read_bytes() == b"hi"
-    write_override(app, compose, dest)
+    write_override(app, dest)
     over = yaml.safe_load((dest / OVERRIDE_FILE).read_text())
-    assert over == {"version": "3.8", "services": {"main": {"image": local_tag(app.images[0])}}}
-    (exp,) = expectations(app, compose)
-    assert exp.service == "main" and exp.image_id == app.images[0].config.digest
+    assert over == {"version": "3.8", "services": {"main": {"image": local_tag(image0(app))}}}
+    (exp,) = expectations(app)
+    assert exp.service == "main" and exp.image_id == image0(app).config.digest
     assert exp.config_hash and len(exp.config_hash) == 64
     # extracting again replaces the directory
     (dest / "stray").write_text("x")
@@ -146,7 +156,9 @@ def test_dot_slash_bundle_accepted_by_both(tmp_path: Path) -> None:
     store, app = stored(tmp_path, sa.AppSpec("a1", bundle_members=members))
     verified = verify_app(_Dir(tmp_path / "stick"), "a1", app.uri, sa.machine_arch())
     dest = tmp_path / "compose" / "a1"
-    assert extract_bundle(store, app, dest) == verified.compose
+    extract_bundle(store, app, dest)
+    assert verified == app
+    assert (dest / "docker-compose.yml").read_bytes() == w_compose(tmp_path)
     assert (dest / "ln").read_bytes() == b"x\n" and (dest / "ln").is_symlink()
 
 
@@ -166,12 +178,12 @@ def test_compose_arguments(tmp_path: Path) -> None:
 def test_archive_stream(tmp_path: Path) -> None:
     spec = sa.AppSpec("a1", services={"s1": sa.ServiceSpec(), "s2": sa.ServiceSpec()})
     store, app = stored(tmp_path, spec)
-    data = b"".join(archive_chunks(store, app.images))
+    data = b"".join(archive_chunks(store, app.images.values()))
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         names = tar.getnames()
         manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
     assert names[0] == "manifest.json"
     assert len(names) == len(set(names))  # the shared busybox layer goes once
-    assert [m["RepoTags"][0] for m in manifest] == [local_tag(i) for i in app.images]
+    assert [m["RepoTags"][0] for m in manifest] == [local_tag(i) for i in app.images.values()]
     for m in manifest:
         assert m["Config"] in names and all(x in names for x in m["Layers"])

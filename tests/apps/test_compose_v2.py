@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.apps.conftest import StickDir, image0
 from tests.apps.test_integration import Device, svc
 from usbupdater.apps.compose import LEGACY_OVERRIDE_FILE, OVERRIDE_FILE, Compose
 from usbupdater.apps.project import InvalidAppNameError, check_project_name
 from usbupdater.apps.runner import remove_app, run_apps
-from usbupdater.apps.store import DirSource
 from usbupdater.apps.verify import verify_apps
 from usbupdater.errors import ExitCode, VerificationError
 from usbupdater.sim import apps as sa
@@ -131,7 +131,7 @@ def test_project_names(name: str, ok: bool) -> None:
 def test_invalid_signed_app_name_refused_80(tmp_path: Path, name: str) -> None:
     uris = {n: w.uri for n, w in sa.write_apps(tmp_path, [sa.AppSpec(name)]).items()}
     with pytest.raises(InvalidAppNameError) as ei:
-        verify_apps(DirSource(tmp_path), uris, sa.machine_arch())
+        verify_apps(StickDir(tmp_path), uris, sa.machine_arch())
     assert ei.value.code == ExitCode.VERIFICATION_FAILED
     assert repr(name) in ei.value.reason
 
@@ -141,7 +141,7 @@ def test_bundle_with_another_compose_file_refused(tmp_path: Path, extra: str) ->
     spec = sa.AppSpec("app", files={extra: b"services: {}\n"})
     uris = {n: w.uri for n, w in sa.write_apps(tmp_path, [spec]).items()}
     with pytest.raises(VerificationError, match=f"bundle has {extra}") as ei:
-        verify_apps(DirSource(tmp_path), uris, sa.machine_arch())
+        verify_apps(StickDir(tmp_path), uris, sa.machine_arch())
     assert ei.value.code == ExitCode.VERIFICATION_FAILED
 
 
@@ -190,7 +190,7 @@ def test_hand_run_compose_uses_override(dev: Device) -> None:
     run_apps(device.ctx, [app])
     proj = device.ctx.compose_root / "handrun"
     assert (proj / OVERRIDE_FILE).is_file() and not (proj / LEGACY_OVERRIDE_FILE).exists()
-    want = {i.service: i.image_id for i in app.images}
+    want = {s.name: app.images[s.image].image_id for s in app.services}
     before = device.ids("handrun")
     _by_hand(device, "handrun", "up", "-d")  # nothing changed: the same containers
     assert device.ids("handrun") == before
@@ -212,7 +212,7 @@ def test_project_of_older_usbupdater_comes_up(dev: Device) -> None:
     os.replace(proj / OVERRIDE_FILE, proj / LEGACY_OVERRIDE_FILE)  # as the old version left it
     run_apps(device.ctx, [v1])  # e.g. `run` or a rollback after the upgrade
     assert (proj / OVERRIDE_FILE).is_file() and not (proj / LEGACY_OVERRIDE_FILE).exists()
-    assert device.running("old") == {"main": v1.images[0].image_id}
+    assert device.running("old") == {"main": image0(v1).image_id}
     os.replace(proj / OVERRIDE_FILE, proj / LEGACY_OVERRIDE_FILE)
     remove_app(device.ctx, "old")  # `compose down` with the legacy override
     assert device.ids("old") == {} and not proj.exists()

@@ -12,7 +12,6 @@ shaped like the real ones:
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,8 @@ import pytest
 from usbupdater.apps import engine
 from usbupdater.apps.compose import expectations
 from usbupdater.apps.health import FAILED, OK, WAITING, ServiceExpectation, decide, runs_image
-from usbupdater.apps.store import AppContent, AppStore, Blob, ServiceImage
+from usbupdater.apps.model import Blob, VerifiedApp, VerifiedImage, VerifiedLayer, VerifiedService
+from usbupdater.apps.store import AppStore
 
 
 def _d(name: str) -> str:
@@ -30,11 +30,11 @@ def _d(name: str) -> str:
 
 
 CONFIG = Blob(_d("config"), 1469)
-LAYER = Blob(_d("layer0"), 2152262)
+LAYER = VerifiedLayer(_d("layer0"), 2152262)
 MANIFEST = Blob(_d("manifest"), 527)  # the verified per-platform manifest
 INDEX = Blob(_d("index"), 9218)  # the verified index the compose file pins
 REF = f"hub.foundries.io/acme/shellhttpd@{INDEX.digest}"
-IMG = ServiceImage("httpd", REF, CONFIG, (LAYER,), (INDEX, MANIFEST, CONFIG, LAYER))
+IMG = VerifiedImage(REF, INDEX, MANIFEST, CONFIG, (LAYER,))
 # What containerd's importer writes for our docker-archive entry (gzip layer), byte for byte as
 # Go's encoding/json marshals it (core/images/archive/importer.go).
 IMPORTED = (
@@ -196,13 +196,13 @@ def test_import_manifest_digest_matches_containerd_bytes() -> None:
     assert tar_id != IMPORTED_ID
 
 
-def _store_with(tmp_path: Path, layer: bytes) -> tuple[AppStore, ServiceImage]:
+def _store_with(tmp_path: Path, layer: bytes) -> tuple[AppStore, VerifiedImage]:
     store = AppStore(tmp_path / "store")
-    blob = Blob("sha256:" + hashlib.sha256(layer).hexdigest(), len(layer))
+    blob = VerifiedLayer("sha256:" + hashlib.sha256(layer).hexdigest(), len(layer))
     p = store.blob_path(blob)
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_bytes(layer)
-    return store, ServiceImage("httpd", REF, CONFIG, (blob,), (INDEX, MANIFEST, CONFIG, blob))
+    return store, VerifiedImage(REF, INDEX, MANIFEST, CONFIG, (blob,))
 
 
 def test_image_ids(tmp_path: Path) -> None:
@@ -216,19 +216,19 @@ def test_image_ids(tmp_path: Path) -> None:
         CONFIG, [(img2.layers[0], False)]
     )
     # a layer missing from the store: no imported-manifest ID, nothing guessed
-    missing = ServiceImage("httpd", REF, CONFIG, (LAYER,), (INDEX, MANIFEST, CONFIG, LAYER))
+    missing = VerifiedImage(REF, INDEX, MANIFEST, CONFIG, (LAYER,))
     assert engine.image_ids(store, missing) == (CONFIG.digest, INDEX.digest, MANIFEST.digest)
     assert engine.image_ids(None, img) == (CONFIG.digest, INDEX.digest, MANIFEST.digest)
 
 
 def test_expectations_carry_ids(tmp_path: Path) -> None:
     store, img = _store_with(tmp_path, b"\x1f\x8b\x08\x00")
-    app = AppContent("shellhttpd", "u", CONFIG, CONFIG, (img,))
-    compose = json.dumps({"services": {"httpd": {"image": REF}}}).encode()
-    (e,) = expectations(app, compose, lambda i: engine.image_ids(store, i))
+    svc = VerifiedService("httpd", REF, None)
+    app = VerifiedApp("shellhttpd", "u", CONFIG, CONFIG, (svc,), {REF: img})
+    (e,) = expectations(app, lambda i: engine.image_ids(store, i))
     assert e.image_id == CONFIG.digest
     assert e.image_ids == frozenset(engine.image_ids(store, img))
-    (d,) = expectations(app, compose)  # default: config, manifest, index
+    (d,) = expectations(app)  # default: config, manifest, index
     assert d.image_ids == frozenset((CONFIG.digest, INDEX.digest, MANIFEST.digest))
 
 

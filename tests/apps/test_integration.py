@@ -13,10 +13,12 @@ from typing import Any
 
 import pytest
 
+from tests.apps.conftest import StickDir, image0
 from usbupdater.apps import engine
 from usbupdater.apps.copying import CopyingSource
+from usbupdater.apps.model import VerifiedApp
 from usbupdater.apps.runner import AppsContext, AppStartError, restore_apps, run_apps
-from usbupdater.apps.store import AppContent, AppStore, content_from_verified
+from usbupdater.apps.store import AppStore
 from usbupdater.apps.streams import Gunzip
 from usbupdater.apps.verify import verify_apps
 from usbupdater.errors import VerificationError
@@ -49,14 +51,15 @@ class Device:
         )
         self.n = 0
 
-    def install(self, *specs: sa.AppSpec) -> list[AppContent]:
+    def install(self, *specs: sa.AppSpec) -> list[VerifiedApp]:
         """Write a fresh stick with these apps and copy them into the store (install)."""
         self.n += 1
         stick = self.root / f"stick{self.n}" / "apps"
         uris = {w.name: w.uri for w in sa.write_apps(stick, specs).values()}
-        verified = verify_apps(CopyingSource(stick, self.store), uris, sa.machine_arch())
-        apps = [content_from_verified(verified[s.name]) for s in specs]
-        self.store.add_apps(stick, apps)
+        source = CopyingSource(StickDir(stick), self.store)
+        verified = verify_apps(source, uris, sa.machine_arch())
+        apps = [verified[s.name] for s in specs]
+        self.store.add_apps(source, apps)
         return apps
 
     def ids(self, app: str) -> dict[str, str]:
@@ -90,14 +93,14 @@ def test_install_update_remove(device: Device) -> None:
         sa.AppSpec("a2", services={"web": svc(healthcheck=("true",)), "db": svc()}),
     )
     run_apps(device.ctx, [a1v1, a2v1])
-    assert device.running("a1") == {"main": a1v1.images[0].image_id}
+    assert device.running("a1") == {"main": image0(a1v1).image_id}
     assert set(device.running("a2")) == {"web", "db"}
     a1_ids = device.ids("a1")
 
     (a2v2,) = device.install(sa.AppSpec("a2", version_tag="2", services={"web": svc()}))
     run_apps(device.ctx, [a1v1, a2v2])
     assert device.ids("a1") == a1_ids  # untouched
-    assert device.running("a2") == {"web": a2v2.images[0].image_id}  # db removed as orphan
+    assert device.running("a2") == {"web": image0(a2v2).image_id}  # db removed as orphan
 
     run_apps(device.ctx, [a2v2])
     assert device.ids("a1") == {}
@@ -135,13 +138,13 @@ def test_corrupt_blob_refused_before_anything_starts(device: Device) -> None:
     run_apps(device.ctx, [v1])
     before = device.ids("c")
     (v2,) = device.install(sa.AppSpec("c", version_tag="2", services={"main": svc()}))
-    marker_layer = v2.images[0].layers[1]
+    marker_layer = image0(v2).layers[1]
     sa.corrupt_blob(device.store.root, marker_layer.digest)
     with pytest.raises(VerificationError, match=marker_layer.digest):
         run_apps(device.ctx, [v2])
     assert device.ids("c") == before
-    assert device.running("c") == {"main": v1.images[0].image_id}
-    assert not engine.has_image(device.ctx.client, v2.images[0].image_id)
+    assert device.running("c") == {"main": image0(v1).image_id}
+    assert not engine.has_image(device.ctx.client, image0(v2).image_id)
 
 
 def test_restore_after_failed_update(device: Device) -> None:
@@ -154,7 +157,7 @@ def test_restore_after_failed_update(device: Device) -> None:
     for p in device.root.glob("stick*"):  # rollback must not need the stick
         p.rename(p.with_name("gone-" + p.name))
     restore_apps(device.ctx, {"r": v1.uri})
-    assert device.running("r") == {"main": v1.images[0].image_id}
+    assert device.running("r") == {"main": image0(v1).image_id}
 
 
 def test_engine_restart_between_steps(device: Device) -> None:
@@ -163,15 +166,15 @@ def test_engine_restart_between_steps(device: Device) -> None:
     run_apps(device.ctx, [app])
     device.dockerd.restart()  # containers stop with the engine; run starts them again
     run_apps(device.ctx, [app])
-    assert device.running("eng") == {"main": app.images[0].image_id}
+    assert device.running("eng") == {"main": image0(app).image_id}
 
 
 def test_image_already_present_not_sent(device: Device) -> None:
     (app,) = device.install(sa.AppSpec("again", services={"main": svc()}))
-    assert engine.load_images(device.ctx.client, device.store, app.images) == 1
-    assert engine.load_images(device.ctx.client, device.store, app.images) == 0
-    cfg = device.store.read_small(app.images[0].config)
-    assert app.images[0].image_id == "sha256:" + hashlib.sha256(cfg).hexdigest()
+    assert engine.load_images(device.ctx.client, device.store, app.images.values()) == 1
+    assert engine.load_images(device.ctx.client, device.store, app.images.values()) == 0
+    cfg = device.store.read_small(image0(app).config)
+    assert image0(app).image_id == "sha256:" + hashlib.sha256(cfg).hexdigest()
 
 
 @pytest.mark.timeout(120)
@@ -181,7 +184,7 @@ def test_multi_member_gzip_layers_verify_and_load(device: Device) -> None:
     spec = sa.AppSpec("mm", services={"main": svc(data_layers=(4 << 20,))}, gzip_member=1 << 20)
     (app,) = device.install(spec)
     members = []
-    for layer in app.images[0].layers:
+    for layer in image0(app).layers:
         gz = Gunzip(1 << 40)
         for chunk in device.store.read_verified(layer):
             for _ in gz.feed(chunk):
@@ -190,4 +193,4 @@ def test_multi_member_gzip_layers_verify_and_load(device: Device) -> None:
         members.append(gz.members)
     assert members[0] >= 2 and members[-1] == 5  # busybox; 4 MiB + tar headers of data
     run_apps(device.ctx, [app])
-    assert device.running("mm") == {"main": app.images[0].image_id}
+    assert device.running("mm") == {"main": image0(app).image_id}

@@ -193,7 +193,7 @@ def test_child_without_platform_is_skipped_and_bad_match_descriptor_refused() ->
 def test_verify_app_for_arm_v7_device(tmp_path: Any) -> None:
     """A whole app whose image index has linux/arm (no variant) and another architecture:
     an armv7l device verifies it, an armv6l device refuses it with 80."""
-    from usbupdater.apps.store import DirSource
+    from tests.apps.conftest import StickDir
     from usbupdater.apps.verify import verify_apps
     from usbupdater.errors import ExitCode
     from usbupdater.sim import apps as sa
@@ -201,9 +201,9 @@ def test_verify_app_for_arm_v7_device(tmp_path: Any) -> None:
     spec = sa.AppSpec("armapp", manifest_list=True)
     uris = {n: w.uri for n, w in sa.write_apps(tmp_path, [spec], arch="arm").items()}
     arch, variant = docker_platform("armv7l", 32)
-    got = verify_apps(DirSource(tmp_path), uris, arch, variant)
+    got = verify_apps(StickDir(tmp_path), uris, arch, variant)
     assert got["armapp"].images  # the arm child was picked and verified down to its layers
     arch, variant = docker_platform("armv6l", 32)
     with pytest.raises(VerificationError, match="0 manifests match linux/arm/v6") as exc:
-        verify_apps(DirSource(tmp_path), uris, arch, variant)
+        verify_apps(StickDir(tmp_path), uris, arch, variant)
     assert exc.value.code == ExitCode.VERIFICATION_FAILED

@@ -9,9 +9,11 @@ from typing import Any, BinaryIO
 
 import pytest
 
-from tests.apps.conftest import content_of
+from tests.apps.conftest import StickDir, content_of, image0
+from usbupdater import progress
 from usbupdater.apps.copying import CopyingSource
-from usbupdater.apps.store import AppStore, Blob, DirSource, content_from_verified
+from usbupdater.apps.model import Blob
+from usbupdater.apps.store import AppStore
 from usbupdater.apps.verify import verify_apps
 from usbupdater.errors import ContentMissingError, VerificationError
 from usbupdater.sim import apps as sa
@@ -28,7 +30,7 @@ def test_copy_and_layout(tmp_path: Path, stick: tuple[Path, dict[str, sa.Written
     src, w = stick
     apps = [content_of(src, x) for x in w.values()]
     store = AppStore(tmp_path / "store")
-    store.add_apps(src, apps)
+    store.add_apps(StickDir(src), apps)
     for app in apps:
         assert store.has_app(app)
         d = store.app_dir(app)
@@ -48,10 +50,10 @@ def test_present_blobs_skipped(
     src, w = stick
     app = content_of(src, w["a1"])
     store = AppStore(tmp_path / "store")
-    store.add_apps(src, [app])
+    store.add_apps(StickDir(src), [app])
     before = {p.name: p.stat().st_ino for p in store.blob_dir.iterdir()}
     assert all(store.has_blob(b) for b in app.blobs)  # nothing of the app is missing
-    store.add_apps(src, [app])
+    store.add_apps(StickDir(src), [app])
     assert {p.name: p.stat().st_ino for p in store.blob_dir.iterdir()} == before
 
 
@@ -60,11 +62,11 @@ def test_mismatch_while_copying(
 ) -> None:
     src, w = stick
     app = content_of(src, w["a1"])
-    layer = app.images[0].layers[1]
+    layer = image0(app).layers[1]
     sa.corrupt_blob(src, layer.digest)
     store = AppStore(tmp_path / "store")
     with pytest.raises(VerificationError, match=layer.digest):
-        store.add_apps(src, [app])
+        store.add_apps(StickDir(src), [app])
     assert not store.has_blob(layer)
     assert not [p for p in store.blob_dir.iterdir() if p.name.startswith(".")]
     assert not store.has_app(app)
@@ -75,14 +77,14 @@ def test_missing_and_linked_blobs(
 ) -> None:
     src, w = stick
     app = content_of(src, w["a1"])
-    cfg = app.images[0].config
+    cfg = image0(app).config
     p = src / "blobs/sha256" / cfg.hex
     p.unlink()
     with pytest.raises(ContentMissingError):
-        AppStore(tmp_path / "s1").add_apps(src, [app])
+        AppStore(tmp_path / "s1").add_apps(StickDir(src), [app])
     os.symlink("/etc/passwd", p)
     with pytest.raises(VerificationError, match="symbolic link"):
-        AppStore(tmp_path / "s2").add_apps(src, [app])
+        AppStore(tmp_path / "s2").add_apps(StickDir(src), [app])
 
 
 def test_read_verified_withholds_last_chunk(tmp_path: Path) -> None:
@@ -109,7 +111,7 @@ def test_prune(tmp_path: Path, stick: tuple[Path, dict[str, sa.WrittenApp]]) -> 
     src, w = stick
     a1, a2 = (content_of(src, x) for x in w.values())
     store = AppStore(tmp_path / "store")
-    store.add_apps(src, [a1, a2])
+    store.add_apps(StickDir(src), [a1, a2])
     (store.blob_dir / ".tmp-leftover.1").write_bytes(b"x")
     removed = store.prune([(a2.name, a2.uri)])
     only_a1 = {b.digest for b in a1.blobs} - {b.digest for b in a2.blobs}
@@ -123,7 +125,7 @@ class CountingSource:
     """The stick, counting the bytes read from it."""
 
     def __init__(self, apps_dir: Path) -> None:
-        self.inner = DirSource(apps_dir)
+        self.inner = StickDir(apps_dir)
         self.read = 0
 
     def open_blob(self, hexdigest: str, max_size: int) -> BinaryIO:
@@ -154,7 +156,7 @@ def test_verify_copies_each_byte_once(
     store = AppStore(tmp_path / "store")
     uris = {n: x.uri for n, x in w.items()}
     verified = verify_apps(CopyingSource(counting, store), uris, sa.machine_arch())
-    apps = [content_from_verified(v) for v in verified.values()]
+    apps = list(verified.values())
     assert apps == [content_of(src, x) for x in w.values()]
     total = sum(b.size for b in {b.digest: b for a in apps for b in a.blobs}.values())
     assert counting.read == total  # every blob read once, while it was verified
@@ -175,6 +177,31 @@ def test_verify_through_store_refuses_tampered(
     sa.corrupt_blob(src, layer)
     store = AppStore(tmp_path / "store")
     with pytest.raises(VerificationError):
-        verify_apps(CopyingSource(src, store), {"a1": w["a1"].uri}, sa.machine_arch())
+        verify_apps(CopyingSource(StickDir(src), store), {"a1": w["a1"].uri}, sa.machine_arch())
     assert not (store.blob_dir / layer.split(":")[1]).exists()
     assert not [p for p in store.blob_dir.iterdir() if p.name.startswith(".")]
+
+
+def test_progress_counts_the_bytes_read(
+    tmp_path: Path, stick: tuple[Path, dict[str, sa.WrittenApp]]
+) -> None:
+    """Verifying through the copying tee counts each byte read from the stick once, and the
+    expected total is the signed sizes of the app's blobs; a plain copy counts what it copies."""
+    src, w = stick
+    uris = {n: x.uri for n, x in w.items()}
+    counting = CountingSource(src)
+    store = AppStore(tmp_path / "store")
+    with progress.metering(progress.Meter(sink=lambda p: None)) as meter:
+        verified = verify_apps(CopyingSource(counting, store), uris, sa.machine_arch())
+    assert counting.read > 0 and meter.done_bytes == counting.read
+    signed = {b.digest: b.size for a in verified.values() for b in a.blobs}
+    assert meter.total_bytes == sum(signed.values())
+    # add_apps copies (and counts) only what is missing: here, nothing.
+    with progress.metering(progress.Meter(sink=lambda p: None)) as meter:
+        store.add_apps(counting, verified.values())
+    assert meter.done_bytes == 0
+    # A store without the blobs: the copy pass reads and counts every byte, once.
+    counting2 = CountingSource(src)
+    with progress.metering(progress.Meter(sink=lambda p: None)) as meter:
+        AppStore(tmp_path / "s2").add_apps(counting2, verified.values())
+    assert meter.done_bytes == counting2.read == meter.total_bytes == sum(signed.values())

@@ -188,3 +188,44 @@ def test_reader_feeds_tarfile_stream() -> None:
     src = io.BufferedReader(GunzipReader(io.BytesIO(blob), 1 << 30), CHUNK)
     with tarfile.open(fileobj=src, mode="r|") as tf:
         assert [m.name for m in tf] == ["a", "b"]
+
+
+def test_hashing_reader_counts_hashes_copies_once() -> None:
+    """A metered reader counts each byte it passes once; copy and hash see the same bytes."""
+    from usbupdater import progress
+    from usbupdater.apps.streams import HashingReader
+
+    data = data_of(3 * CHUNK + 17, seed=5)
+    out = io.BytesIO()
+    closed: list[bool] = []
+    meter = progress.Meter(sink=lambda p: None)
+    with progress.metering(meter):
+        r = HashingReader(
+            io.BytesIO(data), metered=True, copy_to=out, on_close=lambda x: closed.append(x.eof)
+        )
+        with r:
+            r.read_blob(len(data))
+    assert meter.done_bytes == r.count == len(data)
+    assert out.getvalue() == data
+    assert r.digest == "sha256:" + hashlib.sha256(data).hexdigest()
+    assert closed == [True]
+    # a blob longer than signed: reading stops one byte past, nothing beyond is counted
+    r2 = HashingReader(io.BytesIO(data))
+    r2.read_blob(100)
+    assert r2.count == 101
+
+
+def test_verified_chunks_withhold_the_last_chunk() -> None:
+    from usbupdater.apps.streams import verified_chunks
+    from usbupdater.errors import VerificationError
+
+    data = data_of(1000, seed=6)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    assert b"".join(verified_chunks(io.BytesIO(data), digest, len(data), 300)) == data
+    got: list[bytes] = []
+    with pytest.raises(VerificationError, match="content hashes to"):
+        for c in verified_chunks(io.BytesIO(b"y" + data[1:]), digest, len(data), 300):
+            got.append(c)
+    assert sum(map(len, got)) == 900
+    with pytest.raises(VerificationError, match="1001 bytes, expected 1000"):
+        list(verified_chunks(io.BytesIO(data + b"z"), digest, len(data), 300))

@@ -11,6 +11,7 @@ from typing import BinaryIO
 
 import pytest
 
+from usbupdater.apps.project import parse_compose
 from usbupdater.apps.verify import verify_app, verify_apps
 from usbupdater.bundle import Bundle
 from usbupdater.errors import ContentMissingError, VerificationError
@@ -54,7 +55,11 @@ def test_good_apps_verify_once_per_blob(bundle_copy) -> None:
     assert len(b.opened) == len(set(b.opened))  # shared busybox layer read once
     app = result["shellhttpd"]
     w = written["shellhttpd"]
-    assert app.compose == w.compose
+    version, declared = parse_compose(w.compose)  # what was signed, parsed once into the record
+    assert app.compose_version == version
+    assert [(s.name, s.config_hash) for s in app.services] == [
+        (s.name, s.config_hash) for s in declared
+    ]
     assert app.manifest.digest == w.manifest_digest and app.bundle.digest == w.bundle_digest
     assert {s.name for s in app.services} == {"web", "side"}
     assert all(s.config_hash for s in app.services)

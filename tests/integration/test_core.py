@@ -15,7 +15,7 @@ import pytest
 
 from tests.integration.rig import Rig
 from usbupdater.apps.runner import AppsContext, run_apps
-from usbupdater.apps.store import AppStore, content_from_verified
+from usbupdater.apps.store import AppStore
 from usbupdater.apps.verify import verify_apps
 from usbupdater.bundle import Bundle
 from usbupdater.config import load as load_config
@@ -88,7 +88,7 @@ def preload(rig: Rig, b: Path, target: PublishedTarget) -> None:
     store = AppStore(cfg.pacman.reset_apps_root)
     with Bundle.open(b) as src:
         verified = verify_apps(src, target.uris, machine_arch())
-    store.add_apps(b / "apps", [content_from_verified(v) for v in verified.values()])
+        store.add_apps(src, verified.values())
     ctx = AppsContext.from_config(cfg)
     run_apps(ctx, [store.load_app(n, u) for n, u in sorted(target.uris.items())])
 

@@ -23,27 +23,30 @@ with an openat-style walk that never follows a link.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
 import tarfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
-
 from usbupdater import proc
 from usbupdater.apps.engine import image_ids, local_tag
-from usbupdater.apps.health import CONFIG_HASH_LABEL, ServiceExpectation
-from usbupdater.apps.members import COMPOSE_FILE as COMPOSE_FILE
-from usbupdater.apps.members import DEFAULT_LIMITS, Limits, MemberError, scan_bundle, write_member
+from usbupdater.apps.health import ServiceExpectation
+from usbupdater.apps.members import (
+    COMPOSE_FILE,
+    DEFAULT_LIMITS,
+    Limits,
+    MemberError,
+    scan_bundle,
+    write_member,
+)
+from usbupdater.apps.model import VerifiedApp, VerifiedImage
 from usbupdater.apps.project import OVERRIDE_FILE as OVERRIDE_FILE
-from usbupdater.apps.store import AppContent, AppStore, ServiceImage
-from usbupdater.apps.streams import GzipError
+from usbupdater.apps.store import AppStore
+from usbupdater.apps.streams import ChunkReader, GzipError
 from usbupdater.errors import VerificationError
 from usbupdater.fsutil import fsync_dir
 
@@ -52,32 +55,10 @@ LEGACY_OVERRIDE_FILE = ".usbupdater-images.yml"
 COMPOSE_TIMEOUT = 600.0
 
 
-class _VerifyingReader(io.RawIOBase):
-    """A file-like over a stored blob's verified chunks (raises at the end on a mismatch)."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._buf = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        while not self._buf:
-            nxt = next(self._chunks, None)
-            if nxt is None:
-                return 0
-            self._buf = nxt
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n
-
-
 def extract_bundle(
-    store: AppStore, app: AppContent, dest: Path, limits: Limits = DEFAULT_LIMITS
-) -> bytes:
-    """Extract the app's verified bundle into `dest` (replacing it); return the compose bytes.
+    store: AppStore, app: VerifiedApp, dest: Path, limits: Limits = DEFAULT_LIMITS
+) -> None:
+    """Extract the app's verified bundle into `dest` (replacing it).
 
     Members go through `members.scan_bundle` (the rule `install` verified) and are created by
     `members.write_member` below an fd of the temporary directory, never through a link.
@@ -90,7 +71,7 @@ def extract_bundle(
     try:
         root_fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            raw = _VerifyingReader(store.read_verified(app.bundle))
+            raw = ChunkReader(store.read_verified(app.bundle))
             for m, data in scan_bundle(raw, limits):
                 write_member(root_fd, m, data)
             os.fsync(root_fd)
@@ -105,7 +86,6 @@ def extract_bundle(
         compose_path = tmp / COMPOSE_FILE
         if compose_path.is_symlink() or not compose_path.is_file():
             raise VerificationError(f"app {app.name}: bundle has no {COMPOSE_FILE}")
-        compose = compose_path.read_bytes()
         old = parent / f".{dest.name}.old"
         shutil.rmtree(old, ignore_errors=True)
         if dest.exists():
@@ -113,73 +93,34 @@ def extract_bundle(
         os.replace(tmp, dest)
         fsync_dir(parent)
         shutil.rmtree(old, ignore_errors=True)
-        return compose
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-@dataclass(frozen=True)
-class ComposeService:
-    name: str
-    image: str
-    config_hash: Optional[str]
-
-
-def parse_compose(data: bytes) -> tuple[str, list[ComposeService]]:
-    """(version or "", services) of a compose file."""
-    try:
-        doc = yaml.safe_load(data)
-    except yaml.YAMLError as exc:
-        raise VerificationError(f"{COMPOSE_FILE} is not valid YAML: {exc}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("services"), dict):
-        raise VerificationError(f"{COMPOSE_FILE} has no services")
-    out = []
-    for name, body in doc["services"].items():
-        body = body if isinstance(body, dict) else {}
-        labels = body.get("labels") or {}
-        if isinstance(labels, list):
-            labels = dict(str(x).partition("=")[::2] for x in labels)
-        h = labels.get(CONFIG_HASH_LABEL) if isinstance(labels, dict) else None
-        out.append(
-            ComposeService(str(name), str(body.get("image", "")), None if h is None else str(h))
-        )
-    version = doc.get("version")
-    return ("" if version is None else str(version)), out
-
-
 def expectations(
-    app: AppContent,
-    compose: bytes,
-    ids: Optional[Callable[[ServiceImage], Iterable[str]]] = None,
+    app: VerifiedApp, ids: Optional[Callable[[VerifiedImage], Iterable[str]]] = None
 ) -> list[ServiceExpectation]:
-    """What each service must run, checking that the compose file and the verified images agree.
+    """What each service must run, from the app's record (its compose file was parsed once, at
+    verification).
 
     `ids` gives the IDs an engine may report for an image (engine.image_ids); by default the
     config, manifest and index digests.
     """
     ids_of = ids if ids is not None else partial(image_ids, None)
-    _, services = parse_compose(compose)
-    by_ref = {img.ref: img for img in app.images}
     out = []
-    for s in services:
-        img = by_ref.get(s.image)
-        if img is None:
-            raise VerificationError(
-                f"app {app.name}: service {s.name} image {s.image!r} was not verified"
-            )
+    for s in app.services:
+        img = app.images[s.image]
         out.append(ServiceExpectation(s.name, img.image_id, s.config_hash, frozenset(ids_of(img))))
     return out
 
 
-def write_override(app: AppContent, compose: bytes, project_dir: Path) -> Path:
+def write_override(app: VerifiedApp, project_dir: Path) -> Path:
     """Write the override mapping each service to its image's local tag (JSON is YAML)."""
-    version, services = parse_compose(compose)
-    by_ref = {img.ref: img for img in app.images}
     doc: dict[str, Any] = {}
-    if version:
-        doc["version"] = version  # compose v1 refuses files of different versions
-    doc["services"] = {s.name: {"image": local_tag(by_ref[s.image])} for s in services}
+    if app.compose_version:
+        doc["version"] = app.compose_version  # compose v1 refuses files of different versions
+    doc["services"] = {s.name: {"image": local_tag(app.images[s.image])} for s in app.services}
     path = project_dir / OVERRIDE_FILE
     path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     legacy = project_dir / LEGACY_OVERRIDE_FILE

@@ -4,79 +4,32 @@ when what was read hashes to its digest (`CopyingSource`)."""
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import io
 import itertools
 import os
-from typing import Any, BinaryIO, Union
+from pathlib import Path
+from typing import BinaryIO
 
 from usbupdater import safeio
-from usbupdater.apps.model import BlobSource
-from usbupdater.apps.store import CHUNK, HEX, TMP_PREFIX, AppStore, as_source
-from usbupdater.errors import NoSpaceError
-from usbupdater.fsutil import PathLike, fsync_dir, makedirs_durable
+from usbupdater.apps.model import HEX, BlobSource
+from usbupdater.apps.store import TMP_PREFIX, AppStore
+from usbupdater.apps.streams import CHUNK, HashingReader
+from usbupdater.fsutil import fsync_dir, makedirs_durable
 
 _counter = itertools.count()
-
-
-class _TeeReader(io.RawIOBase):
-    """Reads a stick blob for the verifier and writes the same bytes to a store temp file; on
-    close the temp file becomes the blob only if what was read hashes to the blob's digest."""
-
-    def __init__(self, src: BinaryIO, store: AppStore, hexdigest: str, created: list[str]) -> None:
-        self._src, self._store, self._hex = src, store, hexdigest
-        self._created = created
-        self._tmp = store.blob_dir / f"{TMP_PREFIX}{hexdigest}.{os.getpid()}.{next(_counter)}"
-        self._out = open(self._tmp, "wb")  # noqa: SIM115 - closed in close()
-        self._sha = hashlib.sha256()
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        n = self._src.readinto(b)  # type: ignore[attr-defined]
-        if n:
-            view = memoryview(b)[:n]
-            self._sha.update(view)
-            try:
-                self._out.write(view)
-            except OSError as exc:
-                if exc.errno == errno.ENOSPC:
-                    raise NoSpaceError(f"app store {self._store.root}: no space left") from None
-                raise
-        return int(n or 0)
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        try:
-            self._src.close()
-            complete = self._sha.hexdigest() == self._hex
-            if complete:
-                self._out.flush()
-                os.fsync(self._out.fileno())
-            self._out.close()
-            if complete:
-                os.replace(self._tmp, self._store.blob_dir / self._hex)
-                self._created.append(self._hex)
-            else:
-                self._tmp.unlink(missing_ok=True)
-        finally:
-            self._tmp.unlink(missing_ok=True)
-            super().close()
 
 
 class CopyingSource:
     """A BlobSource for verification that fills the store as a side effect.
 
     Every blob the verifier reads from the stick is written to a store temp file in the same
-    pass (each byte of the stick read once) and committed when its bytes hash right; blobs the
-    store already has are served from the store instead (the verifier still checks them).
+    pass (each byte of the stick read once: the verifier counts it, this tee only copies) and
+    committed when its bytes hash right; blobs the store already has are served from the store
+    instead (the verifier still checks them).
     """
 
-    def __init__(self, source: Union[BlobSource, PathLike], store: AppStore) -> None:
-        self.source = as_source(source)
+    def __init__(self, source: BlobSource, store: AppStore) -> None:
+        self.source = source
         self.store = store
         self.created: list[str] = []  # hex digests this source added to the store
         makedirs_durable(store.blob_dir)
@@ -90,7 +43,7 @@ class CopyingSource:
         self.created.clear()
 
     def open_blob(self, hexdigest: str, max_size: int) -> BinaryIO:
-        if not HEX.match(hexdigest):
+        if not HEX.fullmatch(hexdigest):
             raise safeio.UnsafePathError(hexdigest, "is not a sha256 hex digest")
         path = self.store.blob_dir / hexdigest
         if path.is_file() and not path.is_symlink() and path.stat().st_size <= max_size:
@@ -99,4 +52,32 @@ class CopyingSource:
         # size for layers and bundles, a small cap for manifests and configs.
         self.store.check_space([max_size], f"blob sha256:{hexdigest[:12]} ({max_size} bytes)")
         src = self.source.open_blob(hexdigest, max_size)
-        return io.BufferedReader(_TeeReader(src, self.store, hexdigest, self.created), CHUNK)
+        tmp = self.store.blob_dir / f"{TMP_PREFIX}{hexdigest}.{os.getpid()}.{next(_counter)}"
+        out = open(tmp, "wb")  # noqa: SIM115 - closed by _commit, when the tee is closed
+        try:
+            tee = HashingReader(
+                src,
+                copy_to=out,
+                copy_what=f"app store {self.store.root}",
+                on_close=lambda r: self._commit(r, out, tmp, hexdigest),
+            )
+        except BaseException:
+            out.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        return io.BufferedReader(tee, CHUNK)
+
+    def _commit(self, tee: HashingReader, out: BinaryIO, tmp: Path, hexdigest: str) -> None:
+        """The temp file becomes the blob only if what was read hashes to the blob's digest."""
+        try:
+            complete = tee.sha.hexdigest() == hexdigest
+            if complete:
+                out.flush()
+                os.fsync(out.fileno())
+            out.close()
+            if complete:
+                os.replace(tmp, self.store.blob_dir / hexdigest)
+                self.created.append(hexdigest)
+        finally:
+            out.close()
+            tmp.unlink(missing_ok=True)

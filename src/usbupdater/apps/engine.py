@@ -32,7 +32,8 @@ from typing import Any, Optional
 import docker
 import docker.errors
 
-from usbupdater.apps.store import AppStore, Blob, ServiceImage
+from usbupdater.apps.model import Blob, VerifiedImage
+from usbupdater.apps.store import AppStore
 from usbupdater.errors import AdapterError, VerificationError
 
 LOAD_TIMEOUT = 3600.0  # seconds without a byte from the engine (the SDK's default is 60)
@@ -49,7 +50,7 @@ def connect(docker_host: str = "", timeout: float = LOAD_TIMEOUT) -> docker.Dock
         raise AdapterError(f"cannot reach the Docker engine: {exc}") from None
 
 
-def local_tag(image: ServiceImage) -> str:
+def local_tag(image: VerifiedImage) -> str:
     """The tag a digest-pinned reference is given locally: "<host>/<path>:sha256-<root hex>".
 
     The full hex (not composectl's 7 characters) so two versions can never share a tag.
@@ -57,7 +58,7 @@ def local_tag(image: ServiceImage) -> str:
     return f"{image.repository}:sha256-{image.root_hex}"
 
 
-def short_tag(image: ServiceImage) -> str:
+def short_tag(image: VerifiedImage) -> str:
     """composectl's tag "<host>/<path>:<hex7>", added too so its tools find the image."""
     return f"{image.repository}:{image.root_hex[:7]}"
 
@@ -68,7 +69,7 @@ def _header(name: str, size: int) -> bytes:
     return ti.tobuf(tarfile.GNU_FORMAT)
 
 
-def archive_chunks(store: AppStore, images: Iterable[ServiceImage]) -> Iterator[bytes]:
+def archive_chunks(store: AppStore, images: Iterable[VerifiedImage]) -> Iterator[bytes]:
     """A docker-archive of `images`, as a stream of chunks (each blob read once, verified)."""
     images = list(images)
     manifest: list[dict[str, Any]] = []
@@ -143,7 +144,7 @@ def _is_gzip(store: AppStore, blob: Blob) -> Optional[bool]:
         os.close(fd)
 
 
-def image_ids(store: Optional[AppStore], img: ServiceImage) -> tuple[str, ...]:
+def image_ids(store: Optional[AppStore], img: VerifiedImage) -> tuple[str, ...]:
     """Every ID an engine may give this verified image, the classic store's first.
 
     The config digest, the digests of the verified manifest and index (the image tree minus
@@ -191,15 +192,15 @@ def has_image(client: docker.DockerClient, image_id: str) -> bool:
 
 
 def load_images(
-    client: docker.DockerClient, store: AppStore, images: Iterable[ServiceImage]
+    client: docker.DockerClient, store: AppStore, images: Iterable[VerifiedImage]
 ) -> int:
     """Make every image present in the engine under its local tags; return how many were sent.
 
     Images already present (by one of `image_ids`) are only tagged. The rest go in one streamed
     archive; afterwards every image must exist under one of its IDs, or the load is an error.
     """
-    todo: dict[str, ServiceImage] = {}
-    present: list[tuple[str, ServiceImage]] = []
+    todo: dict[str, VerifiedImage] = {}
+    present: list[tuple[str, VerifiedImage]] = []
     for img in images:
         if img.config.digest in todo:
             continue
@@ -241,7 +242,7 @@ def load_images(
     return len(todo)
 
 
-def _tag(client: docker.DockerClient, image_id: str, img: ServiceImage) -> None:
+def _tag(client: docker.DockerClient, image_id: str, img: VerifiedImage) -> None:
     for tag in (local_tag(img), short_tag(img)):
         repo, _, name = tag.rpartition(":")
         try:
@@ -282,12 +283,3 @@ def container_logs(client: docker.DockerClient, container_id: str, lines: int = 
         return []
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
     return text.splitlines()[-lines:]
-
-
-def project_names(client: docker.DockerClient) -> set[str]:
-    """Compose projects that have containers in the engine."""
-    try:
-        listed = client.api.containers(all=True, filters={"label": "com.docker.compose.project"})
-    except docker.errors.APIError as exc:
-        raise AdapterError(f"docker: cannot list containers: {exc.explanation}") from None
-    return {str((c.get("Labels") or {})["com.docker.compose.project"]) for c in listed}

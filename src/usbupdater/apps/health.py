@@ -14,8 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
-CONFIG_HASH_LABEL = "io.compose-spec.config-hash"
-SERVICE_LABEL = "com.docker.compose.service"
+from usbupdater.apps.project import CONFIG_HASH_LABEL, SERVICE_LABEL
 
 OK, WAITING, FAILED = "ok", "waiting", "failed"
 

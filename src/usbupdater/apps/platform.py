@@ -1,9 +1,39 @@
-"""Which child of a multi-arch image index runs on this device, as composectl decides it."""
+"""Image formats: the manifest and layer media types verified, and which child of a
+multi-arch image index runs on this device, as composectl decides it."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, Optional
+
+MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+MT_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+INDEX_TYPES = frozenset({MT_OCI_INDEX, MT_DOCKER_LIST})
+MANIFEST_TYPES = frozenset({MT_OCI_MANIFEST, MT_DOCKER_MANIFEST})
+GZIP_LAYER_TYPES = frozenset(
+    {
+        "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+    }
+)
+TAR_LAYER_TYPES = frozenset(
+    {"application/vnd.docker.image.rootfs.diff.tar", "application/vnd.oci.image.layer.v1.tar"}
+)
+
+
+def media_type(obj: Mapping[str, Any]) -> str:
+    """mediaType, or what an OCI document without one is (both fields are optional in OCI)."""
+    mt = obj.get("mediaType")
+    if isinstance(mt, str) and mt:
+        return mt
+    if obj.get("schemaVersion") == 2 and "manifests" in obj:
+        return MT_OCI_INDEX
+    if obj.get("schemaVersion") == 2 and "layers" in obj:
+        return MT_OCI_MANIFEST
+    return ""
+
 
 # composectl matches index children with containerd's `platforms.OnlyStrict(DefaultSpec())`
 # (composeapp pkg/compose/image.go LoadImageTree; pkg/compose/v1/config.go NewDefaultConfig): both

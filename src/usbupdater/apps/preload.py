@@ -25,20 +25,13 @@ it is removed, so the install copies a good one from the stick instead of failin
 
 from __future__ import annotations
 
-import hashlib
-import io
 import os
-from typing import Any, BinaryIO, Optional, Union
+from typing import BinaryIO, Optional, Union
 
 from usbupdater import fsutil, log, safeio
-from usbupdater.apps.store import (
-    RECORD,
-    VERIFIED_ONLY,
-    AppContent,
-    AppStore,
-    app_hex,
-    content_from_verified,
-)
+from usbupdater.apps.model import HEX, VerifiedApp
+from usbupdater.apps.store import RECORD, VERIFIED_ONLY, AppStore, app_hex
+from usbupdater.apps.streams import HashingReader
 from usbupdater.apps.verify import verify_app
 from usbupdater.errors import ContentMissingError, VerificationError
 from usbupdater.fsutil import PathLike, fsync_dir
@@ -46,37 +39,6 @@ from usbupdater.hostinfo import machine_platform
 
 logger = log.get_logger("preload")
 MAX_URI = 4096
-
-
-class _CheckedBlob(io.RawIOBase):
-    """A store blob read for the verifier; notes whether the whole file hashed to its name."""
-
-    def __init__(self, fh: BinaryIO, hexdigest: str, source: StoreBlobSource) -> None:
-        self._fh: Any = fh  # unbuffered FileIO from safeio: has readinto
-        self._hex = hexdigest
-        self._source = source
-        self._sha = hashlib.sha256()
-        self._eof = False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        n = int(self._fh.readinto(b) or 0)
-        if n:
-            self._sha.update(memoryview(b)[:n])
-        elif len(b):
-            self._eof = True
-        return n
-
-    def close(self) -> None:
-        if not self.closed:
-            try:
-                self._fh.close()
-                if self._eof and self._sha.hexdigest() != self._hex:
-                    self._source.corrupt.add(self._hex)
-            finally:
-                super().close()
 
 
 class StoreBlobSource:
@@ -89,7 +51,7 @@ class StoreBlobSource:
         self.corrupt: set[str] = set()
 
     def open_blob(self, hexdigest: str, max_size: int) -> BinaryIO:
-        if len(hexdigest) != 64 or any(c not in "0123456789abcdef" for c in hexdigest):
+        if not HEX.fullmatch(hexdigest):
             raise safeio.UnsafePathError(hexdigest, "is not a sha256 hex digest")
         fd = safeio.open_root(self.store.blob_dir)  # FileNotFoundError: no store at all
         try:
@@ -99,7 +61,13 @@ class StoreBlobSource:
             raise
         finally:
             os.close(fd)
-        return _CheckedBlob(fh, hexdigest, self)  # type: ignore[return-value]
+        checked = HashingReader(fh, on_close=lambda r: self._checked(r, hexdigest))
+        return checked  # type: ignore[return-value]
+
+    def _checked(self, blob: HashingReader, hexdigest: str) -> None:
+        """A blob read to its end whose bytes do not hash to its name is corrupt."""
+        if blob.eof and blob.sha.hexdigest() != hexdigest:
+            self.corrupt.add(hexdigest)
 
 
 class DeviceAppStore(AppStore):
@@ -127,9 +95,9 @@ class DeviceAppStore(AppStore):
         platform_arch, variant = machine_platform()
         self.arch = arch or platform_arch
         self.variant = None if arch else variant  # an explicit arch (tests) means no variant
-        self._verdicts: dict[tuple[str, str], Union[AppContent, Exception]] = {}
+        self._verdicts: dict[tuple[str, str], Union[VerifiedApp, Exception]] = {}
 
-    def load_app(self, name: str, uri: str) -> AppContent:
+    def load_app(self, name: str, uri: str) -> VerifiedApp:
         try:
             return super().load_app(name, uri)
         except ContentMissingError:
@@ -138,7 +106,7 @@ class DeviceAppStore(AppStore):
                 raise  # recorded by usbupdater but a blob is gone: not a preload question
         return self.recognise(name, uri)
 
-    def recognise(self, name: str, uri: str) -> AppContent:
+    def recognise(self, name: str, uri: str) -> VerifiedApp:
         """Verify an unrecorded app version from the store's own blobs; cache the verdict."""
         key = (name, uri)
         verdict = self._verdicts.get(key)
@@ -149,7 +117,7 @@ class DeviceAppStore(AppStore):
             raise verdict
         return verdict
 
-    def _verify(self, name: str, uri: str) -> Union[AppContent, Exception]:
+    def _verify(self, name: str, uri: str) -> Union[VerifiedApp, Exception]:
         app_dir = self.root / "apps" / name / app_hex(uri)
         try:
             fd = safeio.open_root(app_dir)
@@ -168,13 +136,12 @@ class DeviceAppStore(AppStore):
             self._bad_blobs(name, source.corrupt)
             logger.warning("stored app is not usable", app=name, uri=uri, reason=exc.reason)
             return exc
-        content = content_from_verified(verified)
         if self.persist:
             # Marked first: a kill before the record leaves a version that is still foreign.
             fsutil.atomic_write(app_dir / VERIFIED_ONLY, b"")
-            self._write_app_dir(content, [])
+            self._write_app_dir(verified, [])
         logger.info("preloaded app recognised", app=name, uri=uri, recorded=self.persist)
-        return content
+        return verified
 
     def _bad_blobs(self, name: str, corrupt: set[str]) -> None:
         for hexdigest in sorted(corrupt):

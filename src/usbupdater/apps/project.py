@@ -14,10 +14,17 @@ app that usbupdater looks containers up by; a clear refusal is safer than that m
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import yaml
 
 from usbupdater.apps.members import COMPOSE_FILE
 from usbupdater.errors import VerificationError
+
+CONFIG_HASH_LABEL = "io.compose-spec.config-hash"  # compose's hash of a service's config
+SERVICE_LABEL = "com.docker.compose.service"
 
 PROJECT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 
@@ -102,3 +109,54 @@ def expanded_nodes(doc: Any, limit: int) -> int:
         return total
 
     return size(doc, 0)
+
+
+class ComposeError(ValueError):
+    """The compose file cannot be used; str() is the reason."""
+
+
+@dataclass(frozen=True)
+class ComposeService:
+    """A service as the compose file declares it (its image not yet checked to be pinned)."""
+
+    name: str
+    image: Any  # the `image:` value as written
+    config_hash: Optional[str]  # the CONFIG_HASH_LABEL label's value
+
+
+_YamlLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def parse_compose(data: bytes) -> tuple[str, list[ComposeService]]:
+    """(`version` or "", services) of a compose file; the one YAML loader of compose files, run
+    once at verification (the result is kept in the app's record). Raises ComposeError."""
+    try:
+        doc = yaml.load(data, Loader=_YamlLoader)  # noqa: S506 - a safe loader
+    except yaml.YAMLError as exc:
+        raise ComposeError(f"is not YAML: {' '.join(str(exc).split())}") from None
+    if expanded_nodes(doc, MAX_COMPOSE_NODES) > MAX_COMPOSE_NODES:
+        # YAML aliases are shared here, but compose expands them (a "billion laughs" file
+        # is 1 KiB on the stick and gigabytes in docker-compose at `run`).
+        raise ComposeError(f"expands to more than {MAX_COMPOSE_NODES} YAML nodes")
+    services = doc.get("services") if isinstance(doc, dict) else None
+    if not isinstance(services, dict) or not services:
+        raise ComposeError("has no services")
+    out = []
+    for name, body in services.items():
+        body = body if isinstance(body, Mapping) else {}
+        out.append(ComposeService(str(name), body.get("image"), _label(body, CONFIG_HASH_LABEL)))
+    version = doc.get("version")
+    return ("" if version is None else str(version)), out
+
+
+def _label(body: Mapping[str, Any], key: str) -> Optional[str]:
+    labels = body.get("labels")
+    if isinstance(labels, Mapping):
+        v = labels.get(key)
+        return str(v) if v is not None else None
+    if isinstance(labels, list):
+        for item in labels:
+            k, _, v = str(item).partition("=")
+            if k == key:
+                return v
+    return None

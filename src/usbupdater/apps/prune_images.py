@@ -30,7 +30,8 @@ import docker
 import docker.errors
 
 from usbupdater import log
-from usbupdater.apps.store import AppContent, AppStore
+from usbupdater.apps.model import VerifiedApp
+from usbupdater.apps.store import AppStore
 from usbupdater.config import Config, PacmanConfig
 from usbupdater.errors import UpdaterError
 from usbupdater.target import TargetRecord
@@ -68,11 +69,11 @@ def stored_apps_to_keep(
     )
 
 
-def kept_image_ids(apps: Iterable[AppContent]) -> set[str]:
+def kept_image_ids(apps: Iterable[VerifiedApp]) -> set[str]:
     """Every ID an engine may report for the apps' images (config, manifest and index digests)."""
     out: set[str] = set()
     for app in apps:
-        for img in app.images:
+        for img in app.images.values():
             out.add(img.config.digest)
             out.update(b.digest for b in img.blobs)  # layers are never IDs: harmless
     return out
@@ -131,7 +132,7 @@ def prune_after_update(
     from usbupdater.apps import engine
 
     try:
-        apps: list[AppContent] = []
+        apps: list[VerifiedApp] = []
         for target in (current, rollback):
             if target is None:
                 continue

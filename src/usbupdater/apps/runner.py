@@ -17,12 +17,10 @@ did not change and that runs is not touched):
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
 import shutil
-import tarfile
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +32,6 @@ import docker
 
 from usbupdater.apps import engine
 from usbupdater.apps.compose import (
-    COMPOSE_FILE,
     LEGACY_OVERRIDE_FILE,
     OVERRIDE_FILE,
     Compose,
@@ -43,11 +40,11 @@ from usbupdater.apps.compose import (
     write_override,
 )
 from usbupdater.apps.health import FAILED, ServiceExpectation, decide
-from usbupdater.apps.members import MemberError, scan_bundle
-from usbupdater.apps.store import AppContent, AppStore
-from usbupdater.apps.streams import GzipError
+from usbupdater.apps.members import COMPOSE_FILE
+from usbupdater.apps.model import VerifiedApp
+from usbupdater.apps.store import AppStore
 from usbupdater.config import Config
-from usbupdater.errors import AdapterError, ContentMissingError, VerificationError
+from usbupdater.errors import AdapterError, ContentMissingError
 
 
 class AppStartError(AdapterError):
@@ -120,19 +117,7 @@ def remove_app(ctx: AppsContext, name: str) -> None:
     shutil.rmtree(proj, ignore_errors=True)
 
 
-def stored_compose(store: AppStore, app: AppContent) -> bytes:
-    """The app's docker-compose.yml read from its verified bundle in the store (nothing written)."""
-    data = store.read_small(app.bundle)  # digest-checked; bundles are small (verify.MAX_BUNDLE_TGZ)
-    try:
-        for member, f in scan_bundle(io.BytesIO(data)):
-            if member.name == COMPOSE_FILE and f is not None:
-                return f.read()
-    except (MemberError, GzipError, tarfile.TarError, EOFError) as exc:
-        raise VerificationError(f"app {app.name}: bundle is not a valid tgz: {exc}") from None
-    raise VerificationError(f"app {app.name}: bundle has no {COMPOSE_FILE}")
-
-
-def already_running(ctx: AppsContext, app: AppContent) -> bool:
+def already_running(ctx: AppsContext, app: VerifiedApp) -> bool:
     """Whether the app's project, in its compose_apps_root directory, runs every service on its
     verified image (and healthy where it has a healthcheck) right now."""
     containers = engine.project_containers(ctx.client, app.name)
@@ -144,7 +129,7 @@ def already_running(ctx: AppsContext, app: AppContent) -> bool:
     legacy = ctx.compose_root / app.name / LEGACY_OVERRIDE_FILE
     if not containers or legacy.exists() or legacy.is_symlink():
         return False  # a project an older usbupdater left is started again: override renewed
-    exp = expectations(app, stored_compose(ctx.store, app))
+    exp = expectations(app)
     return decide(exp, containers).ok
 
 
@@ -188,7 +173,7 @@ def is_generated_override(path: Path) -> bool:
 
 def run_apps(
     ctx: AppsContext,
-    apps: Sequence[AppContent],
+    apps: Sequence[VerifiedApp],
     *,
     known: Optional[Collection[str]] = None,
     keep: Collection[str] = (),
@@ -210,15 +195,15 @@ def run_apps(
                 )
     running = [a for a in apps if already_running(ctx, a)]
     todo = [a for a in apps if a not in running]
-    engine.load_images(ctx.client, ctx.store, [i for a in todo for i in a.images])
+    engine.load_images(ctx.client, ctx.store, [i for a in todo for i in a.images.values()])
     expected: dict[str, list[ServiceExpectation]] = {}
     for app in running:
-        expected[app.name] = expectations(app, stored_compose(ctx.store, app))
+        expected[app.name] = expectations(app)
     for app in todo:
         proj = ctx.compose_root / app.name
-        compose = extract_bundle(ctx.store, app, proj)
-        expected[app.name] = expectations(app, compose, partial(engine.image_ids, ctx.store))
-        write_override(app, compose, proj)
+        extract_bundle(ctx.store, app, proj)
+        expected[app.name] = expectations(app, partial(engine.image_ids, ctx.store))
+        write_override(app, proj)
     wanted = {a.name for a in apps} | set(keep)
     for name in installed_projects(ctx):
         if name not in wanted and (known is None or name in known or started_here(ctx, name)):

@@ -9,7 +9,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Optional
 
-from usbupdater.apps.store import RECORD, TMP_PREFIX, VERIFIED_ONLY, AppContent, AppStore
+from usbupdater.apps.model import VerifiedApp
+from usbupdater.apps.store import RECORD, TMP_PREFIX, VERIFIED_ONLY, AppStore
 from usbupdater.errors import VerificationError
 from usbupdater.fsutil import fsync_dir
 
@@ -75,9 +76,9 @@ def _versions(store: AppStore) -> list[tuple[str, Path]]:
     return out
 
 
-def _record(ver: Path) -> Optional[AppContent]:
+def _record(ver: Path) -> Optional[VerifiedApp]:
     try:
-        return AppContent.from_json(json.loads((ver / RECORD).read_bytes()))
+        return VerifiedApp.from_json(json.loads((ver / RECORD).read_bytes()))
     except (OSError, ValueError, KeyError, TypeError, VerificationError):
         return None
 

@@ -1,4 +1,8 @@
-"""One streaming gunzip for every reader of gzip on a stick: layers, compose bundles.
+"""Every reader of app content: gunzip, hashing (and copying, and counting) readers, the
+digest-checked read of a stored blob. One place, so each byte is hashed, bounded and counted by
+the same code whether it comes from the stick or the device's store.
+
+Gunzip, for every reader of gzip on a stick (layers, compose bundles):
 
 `Gunzip` is push style (feed it chunks, take bounded pieces of output); `GunzipReader` is the
 pull-style file object on top of it (for `tarfile.open(mode="r|")`). Both handle multi-member
@@ -18,11 +22,15 @@ stream's size or member count.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO, NoReturn, Optional, Union
+
+from usbupdater import progress, safeio
+from usbupdater.errors import NoSpaceError, VerificationError
 
 CHUNK = 1 << 20
 _MAGIC = b"\x1f\x8b"
@@ -170,30 +178,136 @@ class GunzipReader(io.RawIOBase):
 
 
 class HashingReader(io.RawIOBase):
-    """Reads a raw file, hashing and counting every byte that passes."""
+    """Reads a raw file (anything with `readinto`), hashing and counting every byte that passes.
 
-    def __init__(self, fh: BinaryIO) -> None:
-        self.fh: Any = fh  # a raw FileIO (safeio opens unbuffered): it has readinto
+    `metered`: the bytes are reported to `progress.count` (the verifier's reads: each byte of a
+    blob is counted once, however many readers it passes through). `copy_to`: every byte is also
+    written there (a store temp file; ENOSPC becomes NoSpaceError naming `copy_what`).
+    `on_close(self)` runs after the raw file is closed (commit or discard a copy, note a blob
+    whose whole content hashed wrong). `eof` is set once a read returned nothing.
+    """
+
+    def __init__(
+        self,
+        fh: Any,
+        *,
+        metered: bool = False,
+        copy_to: Optional[BinaryIO] = None,
+        copy_what: str = "",
+        on_close: Optional[Callable[[HashingReader], None]] = None,
+    ) -> None:
+        self.fh: Any = fh
         self.sha = hashlib.sha256()
         self.count = 0
+        self.eof = False
+        self._metered = metered
+        self._copy_to = copy_to
+        self._copy_what = copy_what
+        self._on_close = on_close
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.sha.hexdigest()
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b: Any) -> int:
-        n = self.fh.readinto(b)
-        if n:
-            self.sha.update(memoryview(b)[:n])
-            self.count += n
-        return n or 0
+        n = int(self.fh.readinto(b) or 0)
+        if not n:
+            if len(b):
+                self.eof = True
+            return 0
+        view = memoryview(b)[:n]
+        self.sha.update(view)
+        self.count += n
+        if self._copy_to is not None:
+            try:
+                self._copy_to.write(view)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise NoSpaceError(f"{self._copy_what}: no space left") from None
+                raise
+        if self._metered:
+            progress.count(n)
+        return n
 
     def read_upto(self, limit: int) -> bytes:
-        """Everything left, but at most `limit` + 1 bytes (so the caller sees it is too long)."""
-        out = bytearray()
-        buf = bytearray(min(CHUNK, limit + 1))
-        while len(out) <= limit:
-            n = self.readinto(memoryview(buf)[: min(len(buf), limit + 1 - len(out))])
+        """Everything left, but at most `limit` + 1 bytes (so the caller sees it is too long);
+        short reads are continued (`safeio.read_upto`), so EIO surfaces as EIO."""
+        return safeio.read_upto(self, limit + 1)  # type: ignore[arg-type]
+
+    def read_blob(self, size: int, consume: Optional[Callable[[memoryview], None]] = None) -> None:
+        """Read to the end in chunks (each handed to `consume`), but stop once more than `size`
+        bytes came: the caller compares `count` and `digest` with what was signed."""
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        while self.count <= size:
+            n = self.readinto(view[: min(CHUNK, size + 1 - self.count)])
             if not n:
+                return
+            if consume is not None and self.count <= size:
+                consume(view[:n])
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self.fh.close()
+        finally:
+            try:
+                if self._on_close is not None:
+                    self._on_close(self)
+            finally:
+                super().close()
+
+
+def mismatch(
+    what: str, digest: str, size: int, got_digest: str, got_size: int
+) -> VerificationError:
+    """The error for a blob whose size or content is not the one signed."""
+    if got_size != size:
+        return VerificationError(f"{what} {digest}: {got_size} bytes, expected {size}")
+    return VerificationError(f"{what} {digest}: content hashes to {got_digest}")
+
+
+def verified_chunks(
+    fh: Any, digest: str, size: int, chunk: int = CHUNK, what: str = "stored blob"
+) -> Iterator[bytes]:
+    """Yield a blob's bytes, raising VerificationError instead of its last chunk when the size or
+    digest is wrong, so a consumer never sees a complete corrupted blob. Closes `fh`."""
+    with HashingReader(fh) as r:
+        while True:
+            data = r.read(min(chunk, size - r.count + 1))
+            if not data:
                 break
-            out += buf[:n]
-        return bytes(out)
+            if r.count > size:
+                raise mismatch(what, digest, size, "", r.count)
+            if r.count == size and (r.digest != digest or r.read(1)):
+                raise mismatch(what, digest, size, r.digest, r.count)
+            yield data
+        if r.count != size:
+            raise mismatch(what, digest, size, "", r.count)
+
+
+class ChunkReader(io.RawIOBase):
+    """A readable file over an iterator of chunks (`verified_chunks`: it raises at the end on a
+    mismatch, so a consumer reading to the end sees the error)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buf = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._buf:
+            nxt = next(self._chunks, None)
+            if nxt is None:
+                return 0
+            self._buf = nxt
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n

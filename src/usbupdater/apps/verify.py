@@ -5,32 +5,33 @@ The chain: target URI `<host>/<factory>/<app>@sha256:<H>` -> app manifest (blob 
 is never read) -> each service's pinned image -> per-arch manifest -> config -> layers, whose
 decompressed bytes must hash to `config.rootfs.diff_ids[i]`, as dockerd checks on load.
 
-Every blob is read once, in chunks, hashing as it streams (gzip layers are decompressed on the fly
-by `streams.Gunzip` for their diff_id); blobs shared between images are verified once per run.
+Every blob is read once, in chunks, hashing and counting (`progress.count`) as it streams through
+`streams.HashingReader` (gzip layers are decompressed on the fly by `streams.Gunzip` for their
+diff_id); blobs shared between images are verified once per run. An app's layers are read last,
+after every manifest and config, so their signed sizes are announced first (`progress.expect`).
 Sizes are bounded before reading. The bundle tgz (at most MAX_BUNDLE_TGZ) is read whole and its
 digest checked before any tar header is parsed; its members then go through `members.scan_bundle`,
 the same rule extraction applies, so `install` refuses what `run` would. Absent content raises
 ContentMissingError (8); anything that does not match raises VerificationError (80); both name
 the app, the blob and the reason.
 
-The result, `VerifiedApp`, lists every verified blob with its media type and size, so the device
-app store can copy them and the engine loader can build its docker-archive from them.
+The result, `VerifiedApp` (apps.model), is also the store's record of the app.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
-import re
 import tarfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, BinaryIO, Optional
+from typing import Any, Optional
 
-import yaml
-
-from usbupdater.apps.members import COMPOSE_FILE, MAX_MEMBERS, MAX_TOTAL, MemberError, scan_bundle
+from usbupdater import progress
+from usbupdater.apps.members import COMPOSE_FILE, MemberError, scan_bundle
 from usbupdater.apps.model import (
     Blob,
     BlobSource,
@@ -38,48 +39,47 @@ from usbupdater.apps.model import (
     VerifiedImage,
     VerifiedLayer,
     VerifiedService,
+    is_digest,
 )
-from usbupdater.apps.platform import match_platform, platform_name
+from usbupdater.apps.platform import (
+    GZIP_LAYER_TYPES,
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    TAR_LAYER_TYPES,
+    match_platform,
+    media_type,
+    platform_name,
+)
 from usbupdater.apps.project import (
-    MAX_COMPOSE_NODES,
+    ComposeError,
     check_bundle_member,
     check_project_name,
-    expanded_nodes,
+    parse_compose,
 )
-from usbupdater.apps.streams import CHUNK, Gunzip, GzipError, HashingReader
+from usbupdater.apps.streams import Gunzip, GzipError, HashingReader
 from usbupdater.errors import ContentMissingError, VerificationError
-from usbupdater.safeio import UnsafePathError, read_upto
+from usbupdater.safeio import UnsafePathError
 from usbupdater.target import InvalidTargetError, parse_ref
 
 MT_APP_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MT_APP_BUNDLE = "application/octet-stream"
-MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-MT_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-INDEX_TYPES = frozenset({MT_OCI_INDEX, MT_DOCKER_LIST})
-MANIFEST_TYPES = frozenset({MT_OCI_MANIFEST, MT_DOCKER_MANIFEST})
-GZIP_LAYER_TYPES = frozenset(
-    {
-        "application/vnd.docker.image.rootfs.diff.tar.gzip",
-        "application/vnd.oci.image.layer.v1.tar+gzip",
-    }
-)
-TAR_LAYER_TYPES = frozenset(
-    {"application/vnd.docker.image.rootfs.diff.tar", "application/vnd.oci.image.layer.v1.tar"}
-)
-CONFIG_HASH_LABEL = "io.compose-spec.config-hash"
 
 MAX_APP_MANIFEST = 50 << 10
 MAX_IMAGE_MANIFEST = 100 << 10
 MAX_IMAGE_CONFIG = 4 << 20
-MAX_COMPOSE = 1 << 20
 MAX_BUNDLE_TGZ = 8 << 20  # read whole, hashed, then parsed: compose file + a few small files
-MAX_BUNDLE_UNPACKED = MAX_TOTAL  # sum of the bundle's file sizes (members.Limits)
-MAX_BUNDLE_MEMBERS = MAX_MEMBERS
 MAX_LAYER_UNPACKED = 64 << 30  # a layer's tar, as decompressed while hashing
 
-_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
+
+@dataclass(frozen=True)
+class _Layer:
+    """A layer an image manifest lists, checked for shape, not yet read."""
+
+    what: str
+    digest: str
+    size: int
+    media_type: str
+    diff_id: Any  # what the config says (checked against what the layer unpacks to)
 
 
 class _Verifier:
@@ -99,9 +99,12 @@ class _Verifier:
     def missing(self, what: str) -> ContentMissingError:
         return ContentMissingError(f"app {self.app}: {what} is missing from the bundle")
 
-    def open(self, what: str, digest: str, max_size: int) -> BinaryIO:
+    def open(self, what: str, digest: str, max_size: int) -> HashingReader:
+        """The blob, hashed and counted (`progress.count`) as it is read."""
         try:
-            return self.source.open_blob(digest[len("sha256:") :], max_size)
+            return HashingReader(
+                self.source.open_blob(digest[len("sha256:") :], max_size), metered=True
+            )
         except FileNotFoundError:
             raise self.missing(what) from None
         except UnsafePathError as exc:
@@ -114,7 +117,7 @@ class _Verifier:
         if not isinstance(desc, Mapping):
             raise self.bad(what, "descriptor is not an object")
         digest, size, mt = desc.get("digest"), desc.get("size"), desc.get("mediaType", "")
-        if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+        if not isinstance(digest, str) or not is_digest(digest):
             raise self.bad(what, f"digest {digest!r} is not sha256:<64 lowercase hex>")
         if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= max_size:
             raise self.bad(f"{what} {digest}", f"size {size!r} is not in 0..{max_size}")
@@ -132,11 +135,13 @@ class _Verifier:
         if digest in self.small_seen:
             data = self.small_seen[digest]
         else:
-            with self.open(what, digest, max_size) as fh:
-                data = read_upto(fh, max_size + 1)  # short reads continued: EIO is EIO
+            if size is not None:
+                progress.expect(size)
+            with self.open(what, digest, max_size) as r:
+                data = r.read_upto(max_size)  # short reads continued: EIO is EIO
             if len(data) > max_size:
                 raise self.bad(what, f"grew past {max_size} bytes")
-            actual = "sha256:" + hashlib.sha256(data).hexdigest()
+            actual = r.digest
             if actual != digest:
                 raise self.bad(what, f"content hashes to {actual}")
             self.small_seen[digest] = data
@@ -155,35 +160,29 @@ class _Verifier:
 
     def stream_layer(self, what: str, digest: str, size: int, gz: bool) -> str:
         """Hash a layer while reading it once; return the sha256 of its uncompressed tar."""
-        blob_sha, count = hashlib.sha256(), 0
         gunzip = Gunzip(MAX_LAYER_UNPACKED) if gz else None
         diff_sha = hashlib.sha256()
         gz_error: Optional[str] = None
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
-        with self.open(what, digest, size) as fh:
-            reader: Any = fh
-            while True:
-                n = reader.readinto(buf)
-                if not n:
-                    break
-                count += n
-                if count > size:
-                    raise self.bad(what, f"grew past the {size} bytes the manifest says")
-                blob_sha.update(view[:n])
-                if gunzip is not None and gz_error is None:
-                    try:
-                        for piece in gunzip.feed(view[:n]):
-                            diff_sha.update(piece)
-                    except GzipError as exc:
-                        gz_error = str(exc)  # reported after the digest; keep hashing
-        if count != size:
-            raise self.bad(what, f"is {count} bytes, the manifest says {size}")
-        actual = "sha256:" + blob_sha.hexdigest()
-        if actual != digest:
-            raise self.bad(what, f"content hashes to {actual}")
+
+        def unpack(chunk: memoryview) -> None:
+            nonlocal gz_error
+            if gunzip is not None and gz_error is None:
+                try:
+                    for piece in gunzip.feed(chunk):
+                        diff_sha.update(piece)
+                except GzipError as exc:
+                    gz_error = str(exc)  # reported after the digest; keep hashing
+
+        with self.open(what, digest, size) as r:
+            r.read_blob(size, unpack)
+        if r.count > size:
+            raise self.bad(what, f"grew past the {size} bytes the manifest says")
+        if r.count != size:
+            raise self.bad(what, f"is {r.count} bytes, the manifest says {size}")
+        if r.digest != digest:
+            raise self.bad(what, f"content hashes to {r.digest}")
         if gunzip is None:
-            return actual
+            return r.digest
         if gz_error is None:
             try:
                 for piece in gunzip.finish():
@@ -220,20 +219,25 @@ class _Verifier:
         digest, size, mt = self.descriptor(f"{what} layers[0]", layers[0], MAX_BUNDLE_TGZ)
         if mt != MT_APP_BUNDLE:
             raise self.bad(f"{what} layers[0]", f"mediaType {mt!r} is not {MT_APP_BUNDLE}")
+        progress.expect(size)
         compose = self.read_bundle(digest, size)
-        services = self.compose_services(digest, compose)
-        images: dict[str, VerifiedImage] = {}
+        version, services = self.compose_services(digest, compose)
+        trees: dict[str, tuple[VerifiedImage, list[_Layer]]] = {}
         for svc in services:
-            if svc.image not in images:
-                images[svc.image] = self.verify_image(svc.image)
+            if svc.image not in trees:
+                trees[svc.image] = self.image_tree(svc.image)
+        # The bulk of the app (its layers, each read once per run): its signed sizes, up front.
+        unread = {ly.digest: ly.size for _, layers in trees.values() for ly in layers}
+        progress.expect(sum(n for d, n in unread.items() if d not in self.layers_seen))
+        images = {pinned: self.read_layers(*tree) for pinned, tree in trees.items()}
         return VerifiedApp(
             name=name,
             uri=uri,
             manifest=Blob(ref.digest, len(data), MT_APP_MANIFEST),
             bundle=Blob(digest, size, MT_APP_BUNDLE),
-            compose=compose,
             services=tuple(services),
             images=MappingProxyType(images),
+            compose_version=version,
         )
 
     def read_bundle(self, digest: str, size: int) -> bytes:
@@ -241,15 +245,13 @@ class _Verifier:
         (tar headers from a stick are never parsed before their hash matched), checking every
         member with the rule extraction applies; return its docker-compose.yml."""
         what = f"compose bundle {digest}"
-        with self.open(what, digest, size) as fh:
-            raw = HashingReader(fh)
+        with self.open(what, digest, size) as raw:
             data = raw.read_upto(size)
         if raw.count != size:
             got = f"{raw.count}" if raw.count < size else f"more than {size}"
             raise self.bad(what, f"is {got} bytes, the app manifest says {size}")
-        actual = "sha256:" + raw.sha.hexdigest()
-        if actual != digest:
-            raise self.bad(what, f"content hashes to {actual}")
+        if raw.digest != digest:
+            raise self.bad(what, f"content hashes to {raw.digest}")
         compose: Optional[bytes] = None
         try:
             for member, f in scan_bundle(io.BytesIO(data)):
@@ -264,36 +266,33 @@ class _Verifier:
             raise self.bad(what, f"has no {COMPOSE_FILE} at its top")
         return compose
 
-    def compose_services(self, bundle_digest: str, compose: bytes) -> list[VerifiedService]:
+    def compose_services(
+        self, bundle_digest: str, compose: bytes
+    ) -> tuple[str, list[VerifiedService]]:
+        """The compose file's version and services, each image pinned by digest."""
         what = f"{COMPOSE_FILE} in {bundle_digest}"
         try:
-            doc = yaml.load(compose, Loader=_YamlLoader)  # noqa: S506 - a safe loader
-        except yaml.YAMLError as exc:
-            raise self.bad(what, f"is not YAML: {' '.join(str(exc).split())}") from None
-        if expanded_nodes(doc, MAX_COMPOSE_NODES) > MAX_COMPOSE_NODES:
-            # YAML aliases are shared here, but compose expands them (a "billion laughs" file
-            # is 1 KiB on the stick and gigabytes in docker-compose at `run`).
-            raise self.bad(what, f"expands to more than {MAX_COMPOSE_NODES} YAML nodes")
-        services = doc.get("services") if isinstance(doc, dict) else None
-        if not isinstance(services, dict) or not services:
-            raise self.bad(what, "has no services")
+            version, services = parse_compose(compose)
+        except ComposeError as exc:
+            raise self.bad(what, str(exc)) from None
         out = []
-        for name, body in services.items():
-            image = body.get("image") if isinstance(body, dict) else None
+        for svc in services:
             try:
-                ref = parse_ref(image)  # type: ignore[arg-type]
-            except InvalidTargetError:
-                reason = f"service {name}: image {image!r} is not pinned by digest"
+                ref = parse_ref(svc.image)
+            except (InvalidTargetError, TypeError, AttributeError):
+                reason = f"service {svc.name}: image {svc.image!r} is not pinned by digest"
                 raise self.bad(what, reason) from None
-            out.append(VerifiedService(str(name), str(ref), _label(body, CONFIG_HASH_LABEL)))
-        return out
+            out.append(VerifiedService(svc.name, str(ref), svc.config_hash))
+        return version, out
 
-    def verify_image(self, ref_s: str) -> VerifiedImage:
+    def image_tree(self, ref_s: str) -> tuple[VerifiedImage, list[_Layer]]:
+        """An image's manifests and config, verified (no layers yet); its layers, checked for
+        shape only."""
         ref = parse_ref(ref_s)
         what = f"image {ref_s}"
         data = self.read_small(what, ref.digest, MAX_IMAGE_MANIFEST)
         root_obj = self.json_object(what, data)
-        root_mt = _media_type(root_obj)
+        root_mt = media_type(root_obj)
         root = Blob(ref.digest, len(data), root_mt)
         if root_mt in INDEX_TYPES:
             child = self.pick_child(what, root_obj)
@@ -301,7 +300,7 @@ class _Verifier:
             what = f"image {ref.locator}@{c_digest} ({self.arch})"
             m_data = self.read_small(what, c_digest, MAX_IMAGE_MANIFEST, c_size)
             m_obj = self.json_object(what, m_data)
-            m_mt = _media_type(m_obj)
+            m_mt = media_type(m_obj)
             if m_mt not in MANIFEST_TYPES:
                 raise self.bad(what, f"mediaType {m_mt!r} is not an image manifest")
             manifest = Blob(c_digest, c_size, m_mt)
@@ -333,29 +332,27 @@ class _Verifier:
         for i, desc in enumerate(layers):
             l_digest, l_size, l_mt = self.descriptor(f"{what} layer {i}", desc, 1 << 62)
             lwhat = f"{what} layer {i} {l_digest}"
-            if l_mt in GZIP_LAYER_TYPES:
-                gz = True
-            elif l_mt in TAR_LAYER_TYPES:
-                gz = False
-            else:
+            if l_mt not in GZIP_LAYER_TYPES and l_mt not in TAR_LAYER_TYPES:
                 raise self.bad(lwhat, f"unsupported mediaType {l_mt!r}")
-            if l_digest not in self.layers_seen:
-                diff = self.stream_layer(lwhat, l_digest, l_size, gz)
-                self.layers_seen[l_digest] = (l_size, diff)
-            size, diff_id = self.layers_seen[l_digest]
-            if size != l_size:  # verified before, under another image's (right) size
-                raise self.bad(lwhat, f"is {size} bytes, the manifest says {l_size}")
-            if diff_ids[i] != diff_id:
-                raise self.bad(lwhat, f"unpacks to {diff_id}, config says {diff_ids[i]!r}")
-            out.append(VerifiedLayer(l_digest, l_size, l_mt, diff_id))
-        return VerifiedImage(
-            ref=ref_s,
-            locator=ref.locator,
-            root=root,
-            manifest=manifest,
-            config=Blob(c_digest, c_size, c_mt),
-            layers=tuple(out),
-        )
+            out.append(_Layer(lwhat, l_digest, l_size, l_mt, diff_ids[i]))
+        return VerifiedImage(ref_s, root, manifest, Blob(c_digest, c_size, c_mt), ()), out
+
+    def read_layers(self, image: VerifiedImage, layers: list[_Layer]) -> VerifiedImage:
+        """Read each layer once per run: its digest, and what it unpacks to (its diff_id)."""
+        out = []
+        for ly in layers:
+            if ly.digest not in self.layers_seen:
+                diff = self.stream_layer(
+                    ly.what, ly.digest, ly.size, ly.media_type in GZIP_LAYER_TYPES
+                )
+                self.layers_seen[ly.digest] = (ly.size, diff)
+            size, diff_id = self.layers_seen[ly.digest]
+            if size != ly.size:  # verified before, under another image's (right) size
+                raise self.bad(ly.what, f"is {size} bytes, the manifest says {ly.size}")
+            if ly.diff_id != diff_id:
+                raise self.bad(ly.what, f"unpacks to {diff_id}, config says {ly.diff_id!r}")
+            out.append(VerifiedLayer(ly.digest, ly.size, ly.media_type, diff_id))
+        return dataclasses.replace(image, layers=tuple(out))
 
     def pick_child(self, what: str, index: Mapping[str, Any]) -> tuple[str, int, str]:
         """The one child for this device's platform (`match_platform`); none or several is an
@@ -383,34 +380,6 @@ class _Verifier:
                 what, f"{len(found)} manifests match {want}; exactly one must (index has: {has})"
             )
         return found[0]
-
-
-def _media_type(obj: Mapping[str, Any]) -> str:
-    """mediaType, or what an OCI document without one is (both fields are optional in OCI)."""
-    mt = obj.get("mediaType")
-    if isinstance(mt, str) and mt:
-        return mt
-    if obj.get("schemaVersion") == 2 and "manifests" in obj:
-        return MT_OCI_INDEX
-    if obj.get("schemaVersion") == 2 and "layers" in obj:
-        return MT_OCI_MANIFEST
-    return ""
-
-
-def _label(body: Mapping[str, Any], key: str) -> Optional[str]:
-    labels = body.get("labels")
-    if isinstance(labels, Mapping):
-        v = labels.get(key)
-        return str(v) if v is not None else None
-    if isinstance(labels, list):
-        for item in labels:
-            k, _, v = str(item).partition("=")
-            if k == key:
-                return v
-    return None
-
-
-_YamlLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def verify_app(
