@@ -13,6 +13,7 @@ and by `ostree pull-local --untrusted` (the commit); `tuf/` is read by `usbupdat
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from usbupdater.target import InvalidTargetError, parse_ref
 
 MAX_URI = 1024  # an app URI file: "<host>/<factory>/<app>@sha256:<64 hex>"
 MAX_COMMIT_OBJECT = 1 << 20  # an OSTree commit object is a few hundred bytes
+MAX_BLOB_ENTRIES = 100_000  # blobs summed for a progress estimate (a real bundle has hundreds)
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,27 @@ class Bundle:
             if rel in self.problems:
                 return f"app {name}: {rel}: {self.problems[rel]}"
         return f"app {name} ({uri}) is not in the bundle"
+
+    def blob_bytes(self, limit: int = MAX_BLOB_ENTRIES) -> int:
+        """The sizes of the app blobs on the stick, summed from `fstatat` (no data read, no link
+        followed, at most `limit` entries): what a progress meter can expect before the apps'
+        manifests are read. 0 when there is no blob directory."""
+        try:
+            dfd = self._dir("apps/blobs/sha256")
+        except (OSError, UnsafePathError):
+            return 0
+        total = 0
+        with os.scandir(dfd) as entries:
+            for count, entry in enumerate(entries):
+                if count >= limit:
+                    break
+                try:
+                    st = os.stat(entry.name, dir_fd=dfd, follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode) and is_sha256_hex(entry.name):
+                    total += st.st_size
+        return total
 
     def open_blob(self, hexdigest: str, max_size: int) -> BinaryIO:
         """Open `apps/blobs/sha256/<hex>` (a regular file of at most `max_size` bytes).

@@ -256,6 +256,9 @@ def check(cfg: Config, src: Path, *, device: Optional[Device] = None) -> CheckIn
         chosen = select(
             cfg, bundle, view.facts, booted=view.booted, app_installed=view.app_installed
         )
+        progress.reserve(
+            bundle.blob_bytes(), progress.APPS
+        )  # the apps' sizes are learnt as they are read
         return verify_content(chosen, bundle)
 
 

@@ -120,6 +120,8 @@ def change_device(dev: Device, ci: CheckIn, bundle: Any, rootfs_changed: bool) -
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ostree-pull")
     step = "verifying the content"
     try:
+        if copying is not None:  # the apps' sizes are learnt as they are read: reserve them now
+            progress.reserve(bundle.blob_bytes(), progress.APPS)
         if rootfs_changed and not dev.rootfs.has_commit(t.commit):
             progress.announce(
                 "copying-rootfs", f"copying root filesystem {t.commit[:12]} from the stick"

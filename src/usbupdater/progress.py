@@ -116,6 +116,7 @@ class Meter:
         self._last = float("-inf")
         self.total_bytes = max(0, total_bytes)
         self.done_bytes = 0
+        self._reserved: dict[str, int] = {}  # in the total already, by the step that will claim it
         self._phase = ""
         self._message = ""
         self.finished = False
@@ -127,11 +128,22 @@ class Meter:
     def _send(self, p: Progress) -> None:
         (self._sink or _sink)(p)
 
-    def add_total(self, n: int) -> None:
-        """More work became known (never less)."""
+    def add_total(self, n: int, claim: str = "") -> None:
+        """More work became known (never less); taken first from what `claim` reserved."""
+        if n > 0:
+            with self._lock:
+                taken = min(n, self._reserved.get(claim, 0))
+                self._reserved[claim] = self._reserved.get(claim, 0) - taken
+                self.total_bytes += n - taken
+
+    def reserve(self, n: int, claim: str) -> None:
+        """Work a later step will announce with `add_total(..., claim)` but whose size is known
+        roughly now (an upper bound): in the total at once, so the percent does not fall when
+        that step starts after others have progressed."""
         if n > 0:
             with self._lock:
                 self.total_bytes += n
+                self._reserved[claim] = self._reserved.get(claim, 0) + n
 
     def phase(self, phase: str, message: str) -> None:
         with self._lock:
@@ -194,8 +206,18 @@ def count(n: int) -> None:
         meter.add(n)
 
 
-def expect(n: int) -> None:
+APPS = "apps"  # the claim of the app blobs' bytes (sized from the stick before it is read)
+
+
+def reserve(n: int, claim: str) -> None:
+    """An upper bound of bytes later steps will `expect` with `claim`, in the total now."""
+    meter = _active.get()
+    if meter is not None:
+        meter.reserve(n, claim)
+
+
+def expect(n: int, claim: str = "") -> None:
     """Bytes a step is about to read, added to the running meter's total."""
     meter = _active.get()
     if meter is not None:
-        meter.add_total(n)
+        meter.add_total(n, claim)

@@ -149,3 +149,19 @@ def test_bar_keeps_one_line_per_phase_and_puts_logs_above() -> None:
     assert text.index("a log line") < text.rindex("verifying")  # the bar is redrawn below it
     assert text.endswith("ok\n") and "100.0 %" in text
     assert "50 B/s" in text
+
+
+def test_reserved_work_keeps_the_percent_from_falling_when_it_is_announced() -> None:
+    seen: list[Progress] = []
+    m = Meter(sink=seen.append, clock=lambda: 0.0, interval=0.0)
+    m.reserve(100, progress.APPS)  # the apps, sized roughly before the rootfs pull
+    m.add_total(100)  # the rootfs
+    m.add(100)
+    before = m._record().percent
+    m.add_total(60, progress.APPS)  # the apps announce their real size: taken from the reservation
+    assert m.total_bytes == 200 and m._record().percent == before == 50.0
+    m.add_total(50, progress.APPS)  # more than was reserved: only the excess grows the total
+    assert m.total_bytes == 210
+    m.add(110)
+    m.finish()
+    assert seen[-1].percent == 100.0

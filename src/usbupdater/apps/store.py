@@ -161,7 +161,9 @@ class AppStore:
         makedirs_durable(self.blob_dir)
         missing = {b.digest: b.size for app in apps for b in app.blobs if not self.has_blob(b)}
         self.check_space(missing.values(), f"{len(missing)} new blob(s)")
-        progress.expect(sum(missing.values()))  # the signed sizes of what is read below
+        progress.expect(
+            sum(missing.values()), progress.APPS
+        )  # the signed sizes of what is read below
         for app in apps:
             copied = False
             for b in app.blobs:

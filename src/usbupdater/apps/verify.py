@@ -136,7 +136,7 @@ class _Verifier:
             data = self.small_seen[digest]
         else:
             if size is not None:
-                progress.expect(size)
+                progress.expect(size, progress.APPS)
             with self.open(what, digest, max_size) as r:
                 data = r.read_upto(max_size)  # short reads continued: EIO is EIO
             if len(data) > max_size:
@@ -219,7 +219,7 @@ class _Verifier:
         digest, size, mt = self.descriptor(f"{what} layers[0]", layers[0], MAX_BUNDLE_TGZ)
         if mt != MT_APP_BUNDLE:
             raise self.bad(f"{what} layers[0]", f"mediaType {mt!r} is not {MT_APP_BUNDLE}")
-        progress.expect(size)
+        progress.expect(size, progress.APPS)
         compose = self.read_bundle(digest, size)
         version, services = self.compose_services(digest, compose)
         trees: dict[str, tuple[VerifiedImage, list[_Layer]]] = {}
@@ -228,7 +228,9 @@ class _Verifier:
                 trees[svc.image] = self.image_tree(svc.image)
         # The bulk of the app (its layers, each read once per run): its signed sizes, up front.
         unread = {ly.digest: ly.size for _, layers in trees.values() for ly in layers}
-        progress.expect(sum(n for d, n in unread.items() if d not in self.layers_seen))
+        progress.expect(
+            sum(n for d, n in unread.items() if d not in self.layers_seen), progress.APPS
+        )
         images = {pinned: self.read_layers(*tree) for pinned, tree in trees.items()}
         return VerifiedApp(
             name=name,
