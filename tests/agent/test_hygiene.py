@@ -342,7 +342,8 @@ def test_status_console_and_sd_notify_escape(
     monkeypatch.setenv("NOTIFY_SOCKET", str(sock_path))
     console = tmp_path / "console"
     s = AgentSettings(status_file=tmp_path / "status.json", console=str(console))
-    b = StatusBoard(s, clock=lambda: 0.0)
+    ticks = iter(range(0, 1000, 2))  # two seconds a call: the console's 1 s limit never holds back
+    b = StatusBoard(s, clock=lambda: float(next(ticks)))
     try:
         b.reset(device="/dev/sdb1", stick={"label": NASTY})
         b.set("installing", f"reading {NASTY}", target=NASTY)

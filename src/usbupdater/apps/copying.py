@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 from usbupdater import safeio
-from usbupdater.apps.model import HEX, BlobSource
+from usbupdater.apps.model import BlobSource
 from usbupdater.apps.store import TMP_PREFIX, AppStore
 from usbupdater.apps.streams import CHUNK, HashingReader
 from usbupdater.fsutil import fsync_dir, makedirs_durable
+from usbupdater.hexdigest import is_sha256_hex
 
 _counter = itertools.count()
 
@@ -43,7 +44,7 @@ class CopyingSource:
         self.created.clear()
 
     def open_blob(self, hexdigest: str, max_size: int) -> BinaryIO:
-        if not HEX.fullmatch(hexdigest):
+        if not is_sha256_hex(hexdigest):
             raise safeio.UnsafePathError(hexdigest, "is not a sha256 hex digest")
         path = self.store.blob_dir / hexdigest
         if path.is_file() and not path.is_symlink() and path.stat().st_size <= max_size:

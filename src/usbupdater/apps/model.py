@@ -8,15 +8,14 @@ from the compose file at verification (image, config-hash label) are never parse
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, BinaryIO, Optional, Protocol
 
 from usbupdater.errors import VerificationError
+from usbupdater.hexdigest import is_sha256_hex
 
-HEX = re.compile(r"[0-9a-f]{64}")  # use with fullmatch (`$` would let a newline through)
 RECORD_FORMAT = 2  # the record's layout; 1 (per-service images, no services) is not read
 
 
@@ -37,7 +36,7 @@ def hex_of(digest: str) -> str:
 
 def is_digest(value: object) -> bool:
     """Whether `value` is "sha256:" and 64 lowercase hex digits, nothing else."""
-    return isinstance(value, str) and value.startswith("sha256:") and bool(HEX.fullmatch(value[7:]))
+    return isinstance(value, str) and value.startswith("sha256:") and is_sha256_hex(value[7:])
 
 
 @dataclass(frozen=True)

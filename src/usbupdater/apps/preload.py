@@ -29,12 +29,13 @@ import os
 from typing import BinaryIO, Optional, Union
 
 from usbupdater import fsutil, log, safeio
-from usbupdater.apps.model import HEX, VerifiedApp
+from usbupdater.apps.model import VerifiedApp
 from usbupdater.apps.store import RECORD, VERIFIED_ONLY, AppStore, app_hex
 from usbupdater.apps.streams import HashingReader
 from usbupdater.apps.verify import verify_app
 from usbupdater.errors import ContentMissingError, VerificationError
 from usbupdater.fsutil import PathLike, fsync_dir
+from usbupdater.hexdigest import is_sha256_hex
 from usbupdater.hostinfo import machine_platform
 
 logger = log.get_logger("preload")
@@ -51,7 +52,7 @@ class StoreBlobSource:
         self.corrupt: set[str] = set()
 
     def open_blob(self, hexdigest: str, max_size: int) -> BinaryIO:
-        if not HEX.fullmatch(hexdigest):
+        if not is_sha256_hex(hexdigest):
             raise safeio.UnsafePathError(hexdigest, "is not a sha256 hex digest")
         fd = safeio.open_root(self.store.blob_dir)  # FileNotFoundError: no store at all
         try:

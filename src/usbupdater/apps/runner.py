@@ -30,6 +30,7 @@ from typing import Any, Optional
 
 import docker
 
+from usbupdater import hexdigest
 from usbupdater.apps import engine
 from usbupdater.apps.compose import (
     LEGACY_OVERRIDE_FILE,
@@ -143,7 +144,7 @@ def started_here(ctx: AppsContext, name: str) -> bool:
     )
 
 
-_TAG = re.compile(r"^[^\s:@]+(:\d+)?(/[^\s:@]+)*:sha256-[0-9a-f]{64}$")
+_TAG = re.compile(rf"^[^\s:@]+(:\d+)?(/[^\s:@]+)*:sha256-{hexdigest.PATTERN}$")
 
 
 def is_generated_override(path: Path) -> bool:

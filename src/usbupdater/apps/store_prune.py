@@ -9,13 +9,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Optional
 
+from usbupdater import hexdigest
 from usbupdater.apps.model import VerifiedApp
 from usbupdater.apps.store import RECORD, TMP_PREFIX, VERIFIED_ONLY, AppStore
 from usbupdater.errors import VerificationError
 from usbupdater.fsutil import fsync_dir
 
 _SCAN_LIMIT = 4 << 20  # manifests, indexes, configs: what names other blobs
-_DIGEST_IN_TEXT = re.compile(rb"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])")
+_DIGEST_IN_TEXT = re.compile(rb"(?<![0-9a-f])" + hexdigest.PATTERN.encode() + rb"(?![0-9a-f])")
 
 
 def prune_store(
