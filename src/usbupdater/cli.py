@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional
 
 from usbupdater import __version__
 from usbupdater.errors import ConfigError, ExitCode, UpdaterError
+from usbupdater.textsafe import safe_text
 
 if TYPE_CHECKING:
     from usbupdater.checkin import CheckIn
@@ -411,7 +412,7 @@ def main(
             _print_result(args, int(exc.code), exc.reason)
         return int(exc.code)
     except OSError as exc:  # e.g. EIO from a stick pulled out, EACCES on a directory
-        where = f": {exc.filename}" if exc.filename else ""
+        where = f": {safe_text(str(exc.filename), 200)}" if exc.filename else ""  # the stick's
         print(f"usbupdater: {exc.strerror or exc}{where}", file=sys.stderr)
         if getattr(args, "result_json", False):
             _print_result(args, int(ExitCode.ERROR), f"{exc.strerror or exc}{where}")

@@ -10,7 +10,6 @@ from typing import Any, BinaryIO
 
 from usbupdater import safeio
 from usbupdater.apps.model import (
-    HEX,
     Blob,
     VerifiedApp,
     VerifiedImage,
@@ -20,6 +19,7 @@ from usbupdater.apps.model import (
 from usbupdater.apps.platform import media_type
 from usbupdater.apps.project import parse_compose
 from usbupdater.apps.verify import MT_APP_BUNDLE, MT_APP_MANIFEST
+from usbupdater.hexdigest import is_sha256_hex
 from usbupdater.sim.apps import WrittenApp, blob_path
 
 
@@ -30,7 +30,7 @@ class StickDir:
         self.apps_dir = apps_dir
 
     def open_blob(self, hexdigest: str, max_size: int) -> BinaryIO:
-        if not HEX.fullmatch(hexdigest):
+        if not is_sha256_hex(hexdigest):
             raise safeio.UnsafePathError(hexdigest, "is not a sha256 hex digest")
         fd = safeio.open_root(self.apps_dir)
         try:
