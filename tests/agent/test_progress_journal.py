@@ -20,28 +20,19 @@ import pytest
 
 from tests.agent.conftest import recorded, write_script
 from tests.agent.test_acceptance import bench  # noqa: F401 (a fixture; uses `factory` below)
+from tests.progress_targets import MIB, progress_factory
 from usbupdater import log
-from usbupdater.sim.apps import AppSpec, ServiceSpec
-from usbupdater.sim.factory import Factory, TargetSpec
+from usbupdater.sim.factory import Factory
 from usbupdater.sim.signer import edit
 
 pytestmark = pytest.mark.integration
-MIB = 1 << 20
-
-
-def web(tag: str, data: tuple[int, ...] = ()) -> AppSpec:
-    svc = ServiceSpec(cmd=("sleep", "3600"), compose={"network_mode": "none"}, data_layers=data)
-    return AppSpec("web", services={"main": svc}, version_tag=tag, layer_compression="none")
 
 
 @pytest.fixture(scope="module")
 def factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Factory]:
     """v1 flashed; v2 a new rootfs and an app large enough for the counted reads to show."""
     work = tmp_path_factory.mktemp("progress-factory")
-    f = Factory(work)
-    f.publish(TargetSpec(1, apps=[web("1")]))
-    f.publish(TargetSpec(2, apps=[web("2", (32 * MIB,))], rootfs_bytes=32 * MIB))
-    yield f
+    yield progress_factory(work, 32 * MIB, 32 * MIB)
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -18,30 +18,19 @@ from pathlib import Path
 import pytest
 
 from tests.integration.rig import Rig
-from usbupdater.sim.apps import AppSpec, ServiceSpec
+from tests.progress_targets import MIB, progress_factory
 from usbupdater.sim.dockerd import PrivateDockerd
-from usbupdater.sim.factory import Factory, TargetSpec
+from usbupdater.sim.factory import Factory
 from usbupdater.sim.setup import CORE_ARGV
 
 pytestmark = pytest.mark.integration
-
-NONET = {"network_mode": "none"}
-MIB = 1 << 20
-
-
-def web(tag: str, data: tuple[int, ...] = ()) -> AppSpec:
-    svc = ServiceSpec(cmd=("sleep", "3600"), compose=NONET, data_layers=data)
-    return AppSpec("web", services={"main": svc}, version_tag=tag, layer_compression="none")
 
 
 @pytest.fixture(scope="module")
 def factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Factory]:
     """v1 flashed; v2 a new rootfs and an app with a large layer (bytes worth counting)."""
     work = tmp_path_factory.mktemp("bar-factory")
-    f = Factory(work)
-    f.publish(TargetSpec(1, apps=[web("1")]))
-    f.publish(TargetSpec(2, apps=[web("2", (48 * MIB,))], rootfs_bytes=8 * MIB))
-    yield f
+    yield progress_factory(work, 48 * MIB, 8 * MIB)
     shutil.rmtree(work, ignore_errors=True)
 
 
