@@ -9,9 +9,8 @@ failed and that nothing was installed, or what remains if undoing failed.
 
 from __future__ import annotations
 
-import contextvars
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable
 
 from usbupdater import log, progress
 from usbupdater.bootloader import (
@@ -105,8 +104,6 @@ def change_device(dev: Device, ci: CheckIn, bundle: Any, rootfs_changed: bool) -
     overlapping them was slower). Returns the undo steps: the caller runs them if its own steps
     up to the COMMIT POINT fail.
     """
-    from concurrent.futures import Future, ThreadPoolExecutor
-
     from usbupdater.apps.copying import CopyingSource
     from usbupdater.checkin import verify_content
 
@@ -116,8 +113,6 @@ def change_device(dev: Device, ci: CheckIn, bundle: Any, rootfs_changed: bool) -
     copying = CopyingSource(bundle, dev.app_store) if ci.selection.selected.apps else None
     if copying is not None:
         undo.add("new blobs in the app store", copying.discard_created)
-    pull: Optional[Future[None]] = None
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ostree-pull")
     step = "verifying the content"
     try:
         if copying is not None:  # the apps' sizes are learnt as they are read: reserve them now
@@ -127,21 +122,16 @@ def change_device(dev: Device, ci: CheckIn, bundle: Any, rootfs_changed: bool) -
                 "copying-rootfs", f"copying root filesystem {t.commit[:12]} from the stick"
             )
             dirs = dev.rootfs.object_dirs()
-            # the pool's thread sees this context's progress meter (PullWatch counts into it)
-            ctx = contextvars.copy_context()
-            pull = pool.submit(ctx.run, dev.rootfs.pull, bundle.ostree_repo, t.commit)
-            undo.add(
+            undo.add(  # before the pull: a failed or killed pull leaves objects too
                 "the new commit's objects in the sysroot repo",
                 lambda: dev.rootfs.prune(keep_dirs=dirs),
             )
-            pull.result()  # 60, 8, 80 or an ostree failure, before the apps are read
+            dev.rootfs.pull(bundle.ostree_repo, t.commit)  # 60, 8, 80 or an ostree failure
         if copying is not None:
             progress.announce("verifying-apps", f"verifying and storing the apps of {t.name}")
             ci = verify_content(ci, copying)
             if ci.content_error is not None:
                 raise ci.content_error  # 8 or 80
-        if pull is not None:
-            pull.result()  # 60, 8, 80 or an ostree failure
         if copying is not None:
             progress.announce(
                 "copying-apps", f"recording {len(ci.apps)} app(s) in the device store"
@@ -186,7 +176,6 @@ def change_device(dev: Device, ci: CheckIn, bundle: Any, rootfs_changed: bool) -
                 undo.add(f"the reboot sentinel {dev.sentinel.path}", dev.sentinel.clear)
             dev.sentinel.set()
     except BaseException as exc:
-        pool.shutdown(wait=True)
         if not isinstance(exc, (UpdaterError, OSError)):
             undo.run()
             raise
@@ -200,6 +189,4 @@ def change_device(dev: Device, ci: CheckIn, bundle: Any, rootfs_changed: bool) -
                 f"{reason}; undoing the install failed, left on the device: " + "; ".join(left)
             ) from exc
         raise  # the caller's message for an I/O error (the stick pulled out) stands
-    finally:
-        pool.shutdown(wait=True)
     return undo
