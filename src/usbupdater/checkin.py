@@ -122,31 +122,12 @@ def initial_target(
     return TargetRecord(INITIAL_TARGET, 0, booted, {}, custom)
 
 
+def trust(cfg: Config, bundle: Bundle, now: Optional[datetime] = None) -> TrustSession:
+    """The trust session of this device's configuration for the bundle's `tuf/`."""
+    return TrustSession.from_config(cfg, bundle.path / "tuf", now)
+
+
 def select(
-    cfg: Config,
-    bundle: Bundle,
-    device: DeviceFacts,
-    *,
-    target_name: Optional[str] = None,
-    force: bool = False,
-    now: Optional[datetime] = None,
-    booted: Optional[str] = None,
-    app_installed: Optional[Callable[[str, str], bool]] = None,
-) -> CheckIn:
-    """Verify trust against the configured device (raises 11/12/14/15) and select."""
-    session = TrustSession.from_config(cfg, bundle.path / "tuf", now)
-    return select_with(
-        session,
-        bundle,
-        device,
-        target_name=target_name,
-        force=force,
-        booted=booted,
-        app_installed=app_installed,
-    )
-
-
-def select_with(
     session: TrustSession,
     bundle: Bundle,
     device: DeviceFacts,
@@ -232,4 +213,4 @@ def check_kind(src: Path, kind: DeviceKind, now: Optional[datetime] = None) -> C
             store_dir=Path(empty) / "tuf",  # stays empty: `commit` is never called
             now=now,
         )
-        return verify_content(select_with(session, bundle, facts), bundle, kind.platform)
+        return verify_content(select(session, bundle, facts), bundle, kind.platform)

@@ -247,18 +247,21 @@ def check(cfg: Config, src: Path, *, device: Optional[Device] = None) -> CheckIn
     exit code (0 already on the best target, 16 one is installable, else the refusal).
     """
     from usbupdater.bundle import Bundle
-    from usbupdater.checkin import select, verify_content
+    from usbupdater.checkin import select, trust, verify_content
     from usbupdater.stick_bundles import device_view, resolve
 
     view = device_view(cfg, device or Device(cfg))
     src = resolve(cfg, src, view)  # a stick with several bundles: the one for this device
     with Bundle.open(src) as bundle:
         chosen = select(
-            cfg, bundle, view.facts, booted=view.booted, app_installed=view.app_installed
+            trust(cfg, bundle),
+            bundle,
+            view.facts,
+            booted=view.booted,
+            app_installed=view.app_installed,
         )
-        progress.reserve(
-            bundle.blob_bytes(), progress.APPS
-        )  # the apps' sizes are learnt as they are read
+        # the apps' sizes are learnt as they are read: an upper bound in the total now
+        progress.reserve(bundle.blob_bytes(), progress.APPS)
         return verify_content(chosen, bundle)
 
 
@@ -310,7 +313,7 @@ def _install_locked(
     now: Optional[datetime],
 ) -> Outcome:
     from usbupdater.bundle import Bundle
-    from usbupdater.checkin import device_facts, failed_targets, select
+    from usbupdater.checkin import device_facts, failed_targets, select, trust
     from usbupdater.install_change import change_device
     from usbupdater.selection import Action
 
@@ -325,12 +328,11 @@ def _install_locked(
     progress.announce("verifying", f"verifying the bundle in {src}")
     with Bundle.open(src) as bundle:
         ci = select(
-            cfg,
+            trust(cfg, bundle, now),
             bundle,
             facts,
             target_name=target_name,
             force=force,
-            now=now,
             booted=booted,
             app_installed=dev.app_store.has_app_version if cfg.pacman.apps_enabled else None,
         )

@@ -76,12 +76,16 @@ def device_view(cfg: Config, dev: Device) -> DeviceView:
 def verdict(cfg: Config, path: Path, name: str, view: DeviceView) -> Verdict:
     """Verify the metadata of the bundle at `path` and say what it offers this device."""
     from usbupdater.bundle import Bundle
-    from usbupdater.checkin import select
+    from usbupdater.checkin import select, trust
 
     try:
         with Bundle.open(path) as bundle:
             result = select(
-                cfg, bundle, view.facts, booted=view.booted, app_installed=view.app_installed
+                trust(cfg, bundle),
+                bundle,
+                view.facts,
+                booted=view.booted,
+                app_installed=view.app_installed,
             )
     except UpdaterError as exc:
         return Verdict(name, why=f"metadata not accepted: {exc.reason}")

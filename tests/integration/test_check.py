@@ -184,13 +184,13 @@ def test_bundle_older_than_the_devices_metadata_still_checks(
     """The device persisted newer metadata (from a later bundle): fall back to it."""
     from usbupdater import config
     from usbupdater.bundle import Bundle
-    from usbupdater.checkin import device_facts, select
+    from usbupdater.checkin import device_facts, select, trust
 
     old = factory.write_bundle(tmp_path / "old", ["intel-corei7-64-lmp-2"])
     new = factory.write_bundle(tmp_path / "new", ["intel-corei7-64-lmp-2"])
     cfg = config.load([device.config])
     with Bundle.open(new) as b:
-        select(cfg, b, device_facts(cfg, DeviceState())).session.commit()
+        select(trust(cfg, b), b, device_facts(cfg, DeviceState())).session.commit()
     code, doc, err = check(device, old)
     assert code == 16, err
     assert doc["metadata"]["from_device_cache"] is True
