@@ -247,19 +247,13 @@ def check(cfg: Config, src: Path, *, device: Optional[Device] = None) -> CheckIn
     exit code (0 already on the best target, 16 one is installable, else the refusal).
     """
     from usbupdater.bundle import Bundle
-    from usbupdater.checkin import select, trust, verify_content
-    from usbupdater.stick_bundles import device_view, resolve
+    from usbupdater.checkin import verify_content
+    from usbupdater.stick_bundles import device_view, resolve, select_in_view
 
     view = device_view(cfg, device or Device(cfg))
     src = resolve(cfg, src, view)  # a stick with several bundles: the one for this device
     with Bundle.open(src) as bundle:
-        chosen = select(
-            trust(cfg, bundle),
-            bundle,
-            view.facts,
-            booted=view.booted,
-            app_installed=view.app_installed,
-        )
+        chosen = select_in_view(cfg, bundle, view)
         # the apps' sizes are learnt as they are read: an upper bound in the total now
         progress.reserve(bundle.blob_bytes(), progress.APPS)
         return verify_content(chosen, bundle)

@@ -19,6 +19,8 @@ from usbupdater.errors import ExitCode, NoTargetError, UpdaterError
 from usbupdater.stick_choice import Choice, Verdict, choose
 
 if TYPE_CHECKING:
+    from usbupdater.bundle import Bundle
+    from usbupdater.checkin import CheckIn
     from usbupdater.config import Config
     from usbupdater.core import Device
     from usbupdater.selection import DeviceFacts
@@ -73,20 +75,22 @@ def device_view(cfg: Config, dev: Device) -> DeviceView:
     return DeviceView(facts, booted, apps.has_app_version if cfg.pacman.apps_enabled else None)
 
 
+def select_in_view(cfg: Config, bundle: Bundle, view: DeviceView) -> CheckIn:
+    """Trust and selection for the device `view` describes (what `check` and `pick` decide)."""
+    from usbupdater.checkin import select, trust
+
+    return select(
+        trust(cfg, bundle), bundle, view.facts, booted=view.booted, app_installed=view.app_installed
+    )
+
+
 def verdict(cfg: Config, path: Path, name: str, view: DeviceView) -> Verdict:
     """Verify the metadata of the bundle at `path` and say what it offers this device."""
     from usbupdater.bundle import Bundle
-    from usbupdater.checkin import select, trust
 
     try:
         with Bundle.open(path) as bundle:
-            result = select(
-                trust(cfg, bundle),
-                bundle,
-                view.facts,
-                booted=view.booted,
-                app_installed=view.app_installed,
-            )
+            result = select_in_view(cfg, bundle, view)
     except UpdaterError as exc:
         return Verdict(name, why=f"metadata not accepted: {exc.reason}")
     except (OSError, safeio.UnsafePathError) as exc:
